@@ -1,0 +1,71 @@
+"""The IOI circuit: which heads play which role, per model.
+
+GPT-2 small's circuit is the one found by Wang et al. (2022). Other models carry their own
+(the embedded model's is measured by ``python -m ioi_anomalies.model_card`` with this package's
+helpers and stored next to its weights as ``circuit.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .models import EMBEDDED_MODEL, GPT2_SMALL, embedded_model_dir, model_label
+
+Head = tuple[int, int]
+
+GPT2_SMALL_CIRCUIT: dict[str, list[Head]] = {
+    "name mover": [(9, 9), (10, 0), (9, 6)],
+    "backup name mover": [(10, 10), (10, 6), (10, 2), (10, 1), (11, 2), (9, 7), (9, 0), (11, 9)],
+    "negative name mover": [(10, 7), (11, 10)],
+    "s2 inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)],
+    "induction": [(5, 5), (5, 8), (5, 9), (6, 9)],
+    "duplicate token": [(0, 1), (0, 10), (3, 0)],
+    "previous token": [(2, 2), (4, 11)],
+}
+
+#: Where each class acts, for the faithfulness test (positions a class keeps when the rest of
+#: the model is mean-ablated).
+SEQ_POS_TO_KEEP: dict[str, str] = {
+    "name mover": "end",
+    "backup name mover": "end",
+    "negative name mover": "end",
+    "s2 inhibition": "end",
+    "induction": "S2",
+    "duplicate token": "S2",
+    "previous token": "S1+1",
+}
+
+#: Heads the series talks about by role, for GPT-2 small (the reference story).
+GPT2_SMALL_NAMED: dict[str, list[Head]] = {
+    "fuzzy induction": [(5, 8), (5, 9)],
+    "attention view": [(5, 5), (6, 9)],
+}
+
+
+def _load_circuit_json(path: Path) -> dict[str, list[Head]]:
+    raw = json.loads(path.read_text())
+    return {k: [tuple(h) for h in v] for k, v in raw["circuit"].items()}
+
+
+def get_circuit(model_or_name) -> dict[str, list[Head]]:
+    """The circuit of a model (a bridge, a label like 'gpt2-small', or a model directory)."""
+    if isinstance(model_or_name, str):
+        label = model_or_name
+    else:
+        label = model_label(model_or_name)
+    if label in (GPT2_SMALL, "gpt2"):
+        return {k: list(v) for k, v in GPT2_SMALL_CIRCUIT.items()}
+    candidates = [Path(label) / "circuit.json"]
+    if label == EMBEDDED_MODEL or label == "embedded":
+        candidates.insert(0, embedded_model_dir() / "circuit.json")
+    path = getattr(getattr(model_or_name, "tokenizer", None), "name_or_path", None)
+    if path:
+        candidates.append(Path(path) / "circuit.json")
+    for c in candidates:
+        if c.exists():
+            return _load_circuit_json(c)
+    raise KeyError(
+        f"no circuit is known for model {label!r}: GPT-2 small's is built in; other models need a "
+        "circuit.json next to their weights (see `python -m ioi_anomalies.model_card`)."
+    )

@@ -1,0 +1,72 @@
+"""Hook hygiene: every experiment starts from a model with no hooks left over.
+
+A hook added with ``model.add_hook`` and never removed keeps firing in every later forward pass,
+silently changing results (the reference notebook leaves a 9.9 ablation hook on through a whole
+later section). Helpers in this package only add hooks inside ``model.hooks(...)`` context
+managers, which remove them even when an exception escapes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+def hook_snapshot(model) -> dict[str, tuple]:
+    """The ids of every forward/backward hook on every submodule of ``model``."""
+    snap = {}
+    for name, module in model.named_modules():
+        ids = tuple(
+            tuple(getattr(module, attr).keys())
+            for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        )
+        if any(ids):
+            snap[name] = ids
+    return snap
+
+
+def count_user_hooks(model) -> int:
+    """How many hooks sit on the model's hook points (TransformerLens ``HookPoint``s)."""
+    return sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values())
+
+
+def assert_no_hooks(model, where: str = "") -> None:
+    """Raise if any hook is attached to a hook point of ``model`` (call ``model.reset_hooks()``)."""
+    n = count_user_hooks(model)
+    if n:
+        names = [name for name, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks]
+        raise RuntimeError(
+            f"{where + ': ' if where else ''}the model has {n} hooks left over on {names[:6]}"
+            f"{'...' if len(names) > 6 else ''}. Call model.reset_hooks() before this experiment."
+        )
+
+
+@contextmanager
+def clean_model(model) -> Iterator:
+    """Check the model has no stray hooks on entry; leave exactly the hooks found on exit."""
+    assert_no_hooks(model)
+    try:
+        yield model
+    finally:
+        model.reset_hooks(including_permanent=False)
+
+
+def run_and_cache(model, toks: torch.Tensor, names: list[str], fwd_hooks=(), return_logits: bool = True):
+    """One forward pass under ``fwd_hooks`` that also caches the activations named in ``names``.
+
+    Returns ``(logits or None, cache)`` with ``cache`` a plain dict ``name -> detached tensor``.
+    Every hook is removed afterwards, even when the forward pass raises.
+    """
+    cache: dict[str, torch.Tensor] = {}
+
+    def saver(key):
+        def save(act, hook):
+            cache[key] = act.detach()
+
+        return save
+
+    with model.hooks(fwd_hooks=list(fwd_hooks) + [(n, saver(n)) for n in names]):
+        out = model(toks, return_type="logits" if return_logits else None)
+    return out, cache

@@ -1,0 +1,235 @@
+"""Train the embedded model: a small GPT-2 that does indirect object identification offline.
+
+    python -m ioi_anomalies.train_embedded [--out DIR] [--minutes 12] [--dropout 0.1]
+
+A GPT-2-architecture model (6 layers x 8 heads, d_model 128, GPT-2's tokenizer and vocabulary,
+tied embeddings) trained from nothing on three kinds of text, all generated here, on the CPU,
+deterministically (fixed seeds, single-threaded data generation):
+
+- IOI sentences from every BABA/ABBA template and the ABC/BAC templates (the project's own
+  generator, with seeds that the evaluation never uses);
+- short "stories": several template sentences in a row, with names reused across sentences, so
+  names must be tracked and copied rather than looked up;
+- repeated random-token sequences drawn from the whole vocabulary, so induction heads form.
+
+The output layer uses a sampled softmax (the targets of the batch plus random negatives) so a
+step costs a fraction of a full 50,257-way softmax; the saved model is an ordinary GPT-2 and is
+evaluated with the full vocabulary. Weights are stored in float16 (the loader casts them back to
+float32) to keep the package small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .dataset import ABBA_TEMPLATES, ABC_TEMPLATES, BAC_TEMPLATES, BABA_TEMPLATES, IOIDataset
+from .tokenizer import EOT_ID, load_tokenizer, save_tokenizer
+
+SEQ = 64
+TRAIN_SEED_BASE = 1_000_003  # evaluation uses small seeds; training never does
+
+
+def build_config(dropout: float):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=50257,
+        n_positions=128,
+        n_embd=128,
+        n_layer=6,
+        n_head=8,
+        n_inner=512,
+        activation_function="gelu_new",
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        bos_token_id=EOT_ID,
+        eos_token_id=EOT_ID,
+        tie_word_embeddings=True,
+    )
+
+
+class Mixture:
+    """Endless batches of IOI prompts, stories and repeated random tokens (fixed seeds)."""
+
+    def __init__(self, tokenizer, seed: int):
+        self.tok = tokenizer
+        self.rng = np.random.default_rng(seed)
+        self.chunk = 0
+        self.pool: list[tuple[list[int], int]] = []  # (tokens, index of the final name's target)
+        self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
+
+    def _refill(self):
+        seed = TRAIN_SEED_BASE + self.chunk
+        self.chunk += 1
+        state = random.getstate(), np.random.get_state()
+        items: list[tuple[list[int], int]] = []
+        for kind, templates in (("ioi", self.templates), ("abc", ABC_TEMPLATES + BAC_TEMPLATES)):
+            n = 512 if kind == "ioi" else 128
+            ds = IOIDataset(templates, N=n, tokenizer=self.tok, seed=seed, prepend_bos=False)
+            for i in range(n):
+                ids = ds.toks[i, : ds.word_idx["end"][i] + 2].tolist()
+                items.append((ids, len(ids) - 2))
+        # stories: two or three IOI sentences joined, each a fresh draw
+        ds = IOIDataset(self.templates, N=384, tokenizer=self.tok, seed=seed + 7, prepend_bos=False)
+        sents = [ds.toks[i, : ds.word_idx["end"][i] + 2].tolist() for i in range(ds.N)]
+        period = self.tok.encode(".", add_special_tokens=False)
+        for j in range(0, len(sents) - 2, 3):
+            k = 2 + (j // 3) % 2
+            ids: list[int] = []
+            for s in sents[j : j + k]:
+                ids += s + period
+            ids = ids[:-1]
+            if len(ids) <= SEQ:
+                items.append((ids, len(ids) - 2))
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        order = self.rng.permutation(len(items))
+        self.pool.extend(items[i] for i in order)
+
+    def _repeated(self) -> tuple[list[int], int]:
+        n = int(self.rng.integers(4, 25))
+        half = self.rng.integers(0, 50257, size=n).tolist()
+        prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
+        return prefix + half + half, -1
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seqs, ends = [], []
+        for _ in range(size):
+            if self.rng.random() < 0.3:
+                ids, end = self._repeated()
+            else:
+                if not self.pool:
+                    self._refill()
+                ids, end = self.pool.pop()
+            if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
+                ids = [EOT_ID] + ids
+                end = end + 1 if end >= 0 else end
+            seqs.append(ids[:SEQ])
+            ends.append(end)
+        width = max(len(s) for s in seqs)
+        toks = torch.full((size, width), EOT_ID, dtype=torch.long)
+        mask = torch.zeros((size, width - 1))
+        weight = torch.ones((size, width - 1))
+        for i, s in enumerate(seqs):
+            toks[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s) - 1] = 1
+            if ends[i] >= 0:
+                weight[i, ends[i]] = 4.0  # the name that needs the circuit
+        return toks, mask * weight, mask
+
+
+def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
+    hidden = model.transformer(toks).last_hidden_state[:, :-1]
+    targets = toks[:, 1:]
+    neg = torch.randint(0, 50257, (n_neg,), generator=gen)
+    cands, inverse = torch.unique(torch.cat([targets.reshape(-1), neg]), return_inverse=True)
+    target_idx = inverse[: targets.numel()].view_as(targets)
+    logits = hidden @ model.transformer.wte.weight[cands].T
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_idx.flatten(), reduction="none")
+    return (nll.view_as(targets) * weights).sum() / weights.sum()
+
+
+@torch.no_grad()
+def quick_ioi_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, float]:
+    ds = IOIDataset("mixed", N=n, tokenizer=tokenizer, seed=seed)
+    logits = model(ds.toks).logits
+    rows = torch.arange(n)
+    at_end = logits[rows, ds.word_idx["end"]]
+    diff = at_end[rows, torch.tensor(ds.io_tokenIDs)] - at_end[rows, torch.tensor(ds.s_tokenIDs)]
+    return diff.mean().item(), (diff > 0).float().mean().item()
+
+
+def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None) -> dict:
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = load_tokenizer()
+    model = GPT2LMHeadModel(build_config(dropout))
+    data = Mixture(tokenizer, seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    budget = minutes * 60
+    warmup = 100
+    t0 = time.time()
+    step = 0
+    log = []
+    bar = tqdm(total=max_steps or int(budget), desc="training", unit="step" if max_steps else "s")
+    last_t = 0
+    while True:
+        elapsed = time.time() - t0
+        if (max_steps is not None and step >= max_steps) or (max_steps is None and elapsed >= budget):
+            break
+        frac = step / max_steps if max_steps else elapsed / budget
+        scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = lr * scale
+        model.train()
+        toks, weights, _ = data.batch(batch)
+        loss = sampled_loss(model, toks, weights, 2048, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            model.eval()
+            ld, acc = quick_ioi_eval(model, tokenizer, n=100)
+            log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4), "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}")
+        if max_steps:
+            bar.update(1)
+        else:
+            now = int(time.time() - t0)
+            bar.update(now - last_t)
+            last_t = now
+    bar.close()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(out, safe_serialization=True)
+    save_tokenizer(out)
+    info = {
+        "steps": step,
+        "train_seconds": round(time.time() - t0, 1),
+        "batch": batch,
+        "lr": lr,
+        "dropout": dropout,
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+        "log": log,
+    }
+    (out / "training.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def main(argv=None):
+    from .models import embedded_model_dir
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=embedded_model_dir(), help="output directory (default: the packaged model)")
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget")
+    p.add_argument("--steps", type=int, default=None, help="train for exactly this many steps instead (deterministic)")
+    p.add_argument("--dropout", type=float, default=0.1, help="attention/residual/embedding dropout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3)
+    a = p.parse_args(argv)
+    info = train(a.out, a.minutes, a.dropout, a.seed, a.batch, a.lr, a.steps)
+    print(json.dumps({k: v for k, v in info.items() if k != "log"}))
+    print("final quick eval:", info["log"][-1] if info["log"] else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Each helper against an independent computation, and hook hygiene for every helper."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ioi_anomalies import (
+    component_dla,
+    final_ln_scale_ratio,
+    generate_repeated_tokens,
+    head_dla,
+    head_type_scores,
+    hook_snapshot,
+    logit_diff,
+    make_ioi_metric,
+    mean_ablation_hooks,
+    mean_z_by_template,
+    patch_heads_z,
+    path_patch_heads_to_heads_plain,
+    path_patch_senders,
+    repeated_token_loss,
+)
+from ioi_anomalies.patching import path_patch_logits, z_cache
+
+
+def test_logit_diff_is_a_direct_gather(model, ioi):
+    logits = model(ioi.toks).detach()
+    expected = torch.tensor(
+        [
+            logits[i, ioi.word_idx["end"][i], ioi.io_tokenIDs[i]] - logits[i, ioi.word_idx["end"][i], ioi.s_tokenIDs[i]]
+            for i in range(ioi.N)
+        ]
+    )
+    torch.testing.assert_close(logit_diff(logits, ioi, per_prompt=True), expected)
+    torch.testing.assert_close(logit_diff(logits, ioi), expected.mean())
+    with pytest.raises(ValueError, match="expected logits"):
+        logit_diff(logits[:3], ioi)
+
+
+def test_ioi_metric_is_zero_clean_and_minus_one_corrupted(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    assert abs(float(metric(model(ioi.toks)))) < 1e-6
+    assert abs(float(metric(model(abc.toks))) + 1) < 1e-5
+
+
+def test_component_dla_rebuilds_the_logit_difference(model, ioi):
+    values, labels = component_dla(model, ioi)
+    total = logit_diff(model(ioi.toks), ioi)
+    torch.testing.assert_close(values.sum(), total, atol=1e-4, rtol=1e-4)
+    assert len(values) == len(labels)
+
+
+def test_head_dla_matches_the_component_decomposition(model, ioi):
+    values, labels = component_dla(model, ioi)
+    dla = head_dla(model, ioi)
+    for l, h in itertools.product(range(model.cfg.n_layers), range(model.cfg.n_heads)):
+        torch.testing.assert_close(dla[l, h], values[labels.index(f"{l}.{h}")], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(head_dla(model, ioi, ln_position="last"), dla), "the LN position must matter"
+
+
+def test_final_ln_scale_ratio_is_one_without_hooks(model, ioi, abc):
+    assert abs(float(final_ln_scale_ratio(model, ioi)) - 1) < 1e-6
+    means = mean_z_by_template(model, abc)
+    r = final_ln_scale_ratio(model, ioi, fwd_hooks=mean_ablation_hooks([(2, 1)], means, ioi.word_idx["end"]))
+    assert abs(float(r) - 1) > 1e-5
+
+
+def test_mean_z_by_template_against_a_loop(model, abc):
+    means = mean_z_by_template(model, abc)
+    _, cache = model.run_with_cache(abc.toks)
+    for l in range(model.cfg.n_layers):
+        z = cache[f"blocks.{l}.attn.hook_z"]
+        for group in abc.groups:
+            avg = sum(z[i] for i in group) / len(group)
+            for i in group:
+                torch.testing.assert_close(means[l, i], avg, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_ablation_at_end_only_changes_end(model, ioi, abc):
+    means = mean_z_by_template(model, abc)
+    with model.hooks(fwd_hooks=mean_ablation_hooks([(1, 2)], means, ioi.word_idx["end"])):
+        _, cache = model.run_with_cache(ioi.toks)
+    _, clean = model.run_with_cache(ioi.toks)
+    z, z0 = cache["blocks.1.attn.hook_z"], clean["blocks.1.attn.hook_z"]
+    rows = torch.arange(ioi.N)
+    end = ioi.word_idx["end"]
+    torch.testing.assert_close(z[rows, end, 2], means[1, rows, end, 2])
+    mask = torch.ones_like(z[..., 0, 0], dtype=torch.bool)
+    mask[rows, end] = False
+    torch.testing.assert_close(z[mask], z0[mask])
+
+
+def test_head_type_scores_against_explicit_loops(model):
+    toks = generate_repeated_tokens(model.cfg.d_vocab, seq_len=7, batch=3, seed=11)
+    assert torch.equal(toks[:, :7], toks[:, 7:])
+    assert torch.equal(toks, generate_repeated_tokens(model.cfg.d_vocab, seq_len=7, batch=3, seed=11))
+    scores = head_type_scores(model, toks)
+    _, cache = model.run_with_cache(toks)
+    for l in range(model.cfg.n_layers):
+        p = cache[f"blocks.{l}.attn.hook_pattern"]
+        for kind, off in (("induction", 6), ("duplicate", 7), ("previous", 1)):
+            vals = [p[b, :, d, d - off] for b in range(3) for d in range(off, 14)]
+            torch.testing.assert_close(scores[kind][l], torch.stack(vals).mean(0), atol=1e-6, rtol=1e-5)
+    first, second = repeated_token_loss(model, toks)
+    assert first > 0 and second > 0
+
+
+def test_activation_patching_agrees_with_transformer_lens(model, ioi, abc):
+    from transformer_lens import patching
+
+    metric = make_ioi_metric(model, ioi, abc)
+    _, abc_cache = model.run_with_cache(abc.toks)
+    tl = patching.get_act_patch_attn_head_out_all_pos(model, ioi.toks, abc_cache, metric)
+    ours = torch.zeros_like(tl)
+    for l, h in itertools.product(range(model.cfg.n_layers), range(model.cfg.n_heads)):
+        ours[l, h] = metric(patch_heads_z(model, ioi, abc, [(l, h)]))
+    torch.testing.assert_close(ours, tl, atol=1e-5, rtol=1e-4)
+    model.reset_hooks()
+
+
+def test_path_patching_from_a_sender_at_or_above_the_receivers_is_exactly_zero(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    for sender in [(1, 0), (2, 3)]:
+        assert path_patch_senders(model, [sender], [(1, 1)], "k", metric, ioi, abc) == 0.0
+
+
+def test_all_senders_together_equal_patching_every_lower_head(model, ioi, abc):
+    """Path patching every head below the receivers = activation patching all their z, then
+    reading only the receivers' inputs from that run."""
+    metric = make_ioi_metric(model, ioi, abc)
+    receivers = [(2, 0), (2, 3)]
+    senders = [(l, h) for l in range(2) for h in range(model.cfg.n_heads)]
+    for inp in "qkv":
+        got = path_patch_senders(model, senders, receivers, inp, metric, ioi, abc)
+        _, new_cache = model.run_with_cache(abc.toks)
+        name = f"blocks.2.attn.hook_{inp}"
+
+        def patch_z(z, hook):
+            return new_cache[hook.name]
+
+        with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch_z) for l in range(2)]):
+            _, patched = model.run_with_cache(ioi.toks)
+
+        def patch_recv(x, hook):
+            x[:, :, [0, 3]] = patched[name][:, :, [0, 3]]
+            return x
+
+        with model.hooks(fwd_hooks=[(name, patch_recv)]):
+            expected = float(metric(model(ioi.toks)))
+        assert abs(got - expected) < 1e-5, inp
+        assert abs(got) > 1e-4, "the check must see a real effect"
+
+
+def test_plain_sweep_equals_single_sender_runs(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    grid = path_patch_heads_to_heads_plain(model, [(2, 1)], "v", metric, ioi, abc, progress=False)
+    assert grid.shape == (2, model.cfg.n_heads)
+    for l, h in [(0, 0), (1, 3)]:
+        assert abs(grid[l, h].item() - path_patch_senders(model, [(l, h)], [(2, 1)], "v", metric, ioi, abc)) < 1e-6
+    assert grid.abs().max() > 1e-4
+
+
+def test_path_patching_rejects_bad_receivers(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    with pytest.raises(ValueError, match="receiver_input"):
+        path_patch_senders(model, [(0, 0)], [(1, 0)], "z", metric, ioi, abc)
+    with pytest.raises(ValueError, match="not a head"):
+        path_patch_senders(model, [(0, 0)], [(7, 0)], "k", metric, ioi, abc)
+
+
+# --- hook hygiene -----------------------------------------------------------------------------
+def _helpers(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    means = mean_z_by_template(model, abc)
+    toks = generate_repeated_tokens(model.cfg.d_vocab, 5, 2, seed=0)
+    return {
+        "logit_diff": lambda: logit_diff(model(ioi.toks), ioi),
+        "make_ioi_metric": lambda: make_ioi_metric(model, ioi, abc),
+        "head_dla": lambda: head_dla(model, ioi),
+        "component_dla": lambda: component_dla(model, ioi),
+        "final_ln_scale_ratio": lambda: final_ln_scale_ratio(model, ioi, fwd_hooks=mean_ablation_hooks([(1, 1)], means, ioi.word_idx["end"])),
+        "mean_z_by_template": lambda: mean_z_by_template(model, abc),
+        "head_type_scores": lambda: head_type_scores(model, toks),
+        "repeated_token_loss": lambda: repeated_token_loss(model, toks),
+        "patch_heads_z": lambda: patch_heads_z(model, ioi, abc, [(0, 1)]),
+        "path_patch_senders": lambda: path_patch_senders(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
+        "path_patch_heads_to_heads_plain": lambda: path_patch_heads_to_heads_plain(model, [(1, 0)], "k", metric, ioi, abc, progress=False),
+    }
+
+
+def test_every_helper_leaves_the_hooks_it_found(model, ioi, abc):
+    before = hook_snapshot(model)
+    for name, call in _helpers(model, ioi, abc).items():
+        call()
+        assert hook_snapshot(model) == before, name
+
+
+def test_helpers_clean_up_when_they_raise(model, ioi, abc):
+    before = hook_snapshot(model)
+
+    def bad_metric(logits):
+        raise RuntimeError("metric failed")
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        path_patch_senders(model, [(0, 1)], [(1, 0)], "k", bad_metric, ioi, abc)
+    assert hook_snapshot(model) == before
+
+    def exploding(z, hook):
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        final_ln_scale_ratio(model, ioi, fwd_hooks=[("blocks.0.attn.hook_z", exploding)])
+    assert hook_snapshot(model) == before
+    # caches of the wrong shape make the freezing hook fail in the middle of the forward pass
+    broken = {f"blocks.{l}.attn.hook_z": torch.zeros(1) for l in range(model.cfg.n_layers)}
+    with pytest.raises((IndexError, RuntimeError)):
+        path_patch_logits(model, [(0, 0)], [(1, 0)], "k", ioi.toks, broken, broken)
+    assert hook_snapshot(model) == before
+
+
+def test_helpers_refuse_a_model_with_leftover_hooks(model, ioi, abc):
+    model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z)
+    try:
+        with pytest.raises(RuntimeError, match="reset_hooks"):
+            head_dla(model, ioi)
+        with pytest.raises(RuntimeError, match="reset_hooks"):
+            mean_z_by_template(model, abc)
+    finally:
+        model.reset_hooks()

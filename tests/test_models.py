@@ -1,0 +1,41 @@
+import time
+
+import pytest
+
+from ioi_anomalies import EMBEDDED_MODEL, ModelUnavailableError, count_user_hooks, load_model
+from ioi_anomalies.models import resolve_model_source
+
+
+def test_local_directory_boots_as_a_compatibility_mode_bridge(tiny_model_dir):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = load_model(tiny_model_dir, device="cpu", verbose=False)
+    assert isinstance(model, TransformerBridge)
+    assert model.compatibility_mode
+    assert not model.training
+    assert count_user_hooks(model) == 0
+    # fold_ln: the final LayerNorm has no weight left to apply; centring: W_U columns sum to 0
+    assert model.W_U.mean(0).abs().max() < 1e-5
+    assert model.W_O.mean(-1).abs().max() < 1e-5
+    assert model.cfg.n_layers == 3 and model.cfg.n_heads == 4
+
+
+def test_gpt2_small_offline_fails_fast_with_the_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(ModelUnavailableError, match=EMBEDDED_MODEL):
+        load_model("gpt2-small")
+    assert time.time() - t0 < 10
+
+
+def test_auto_choice_falls_back_to_embedded_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    label, source = resolve_model_source(None)
+    assert label == EMBEDDED_MODEL
+
+
+def test_unknown_names_and_bad_dirs(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        load_model("gpt5-giant")
+    with pytest.raises(ModelUnavailableError, match="config.json"):
+        load_model(tmp_path)
