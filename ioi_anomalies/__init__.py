@@ -10,9 +10,10 @@ from .circuit import GPT2_SMALL_CIRCUIT, get_circuit
 from .dataset import ABC_FLIP, FLIP_GRID, NAMES, IOIDataset
 from .head_scores import generate_repeated_tokens, head_type_scores, repeated_token_loss
 from .hooks import assert_no_hooks, clean_model, count_user_hooks, hook_snapshot, run_and_cache
-from .metrics import baseline_logit_diffs, ioi_metric, logit_diff, make_ioi_metric
+from .metrics import EndLogitMetric, baseline_logit_diffs, ioi_metric, logit_diff, make_ioi_metric, make_logit_diff_metric
 from .models import EMBEDDED_MODEL, GPT2_SMALL, ModelUnavailableError, load_model, model_label
-from .patching import path_patch_heads_to_heads_plain, path_patch_senders
+from .patching import path_patch_heads_to_heads_plain, path_patch_senders_plain
+from .path_patching import PathPatchingEngine, attribution_path_patching, compare_with_exact, path_patch_heads_to_heads, path_patch_senders
 from .plotting import imshow, line, scatter
 from .tokenizer import encode_plain, load_tokenizer
 
@@ -25,5 +26,7 @@ __all__ = [
     "load_tokenizer", "logit_diff", "logit_diff_directions", "make_ioi_metric",
     "mean_ablation_hooks", "mean_z_by_template", "model_label", "patch_heads_z",
     "path_patch_heads_to_heads_plain", "path_patch_senders", "repeated_token_loss",
+    "EndLogitMetric", "make_logit_diff_metric", "path_patch_senders_plain", "PathPatchingEngine",
+    "attribution_path_patching", "compare_with_exact", "path_patch_heads_to_heads",
     "run_and_cache", "scatter", "z_patch_hooks",
 ]

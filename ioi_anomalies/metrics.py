@@ -56,6 +56,31 @@ def ioi_metric(
     return (logit_diff(logits, dataset) - clean_logit_diff) / denom
 
 
+class EndLogitMetric:
+    """A metric that reads the logits only at each prompt's ``end`` position.
+
+    Calling it on full logits [N, seq, vocab] gives a 0-d tensor. ``from_end_logits`` takes the
+    logits at ``end`` only, [..., N, vocab], with any leading batch dimensions: the
+    path-patching engine uses it to evaluate many patched runs at once without computing logits
+    at positions nobody reads.
+    """
+
+    def __init__(self, dataset, offset: float = 0.0, scale: float = 1.0):
+        self.dataset = dataset
+        self.offset, self.scale = offset, scale
+        self.io = torch.as_tensor(dataset.io_tokenIDs)
+        self.s = torch.as_tensor(dataset.s_tokenIDs)
+
+    def from_end_logits(self, end_logits: Tensor) -> Tensor:
+        io, s = self.io.to(end_logits.device), self.s.to(end_logits.device)
+        rows = torch.arange(end_logits.shape[-2], device=end_logits.device)
+        diff = end_logits[..., rows, io] - end_logits[..., rows, s]
+        return (diff.mean(-1) - self.offset) / self.scale
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return (logit_diff(logits, self.dataset) - self.offset) / self.scale
+
+
 @torch.inference_mode()
 def baseline_logit_diffs(model, clean, corrupted) -> tuple[float, float]:
     """Logit differences of the clean and corrupted prompts (scored on the clean names), no hooks."""
@@ -65,16 +90,21 @@ def baseline_logit_diffs(model, clean, corrupted) -> tuple[float, float]:
     return clean_ld, corrupted_ld
 
 
-def make_ioi_metric(model, clean, corrupted) -> Callable[[Tensor], Tensor]:
+def make_ioi_metric(model, clean, corrupted) -> EndLogitMetric:
     """The normalised IOI metric as a one-argument function of patched logits.
 
-    The baselines are measured once, here, on a model with no hooks.
+    The baselines are measured once, here, on a model with no hooks; they are kept as
+    ``metric.clean_logit_diff`` and ``metric.corrupted_logit_diff``.
     """
     clean_ld, corrupted_ld = baseline_logit_diffs(model, clean, corrupted)
-
-    def metric(logits: Tensor) -> Tensor:
-        return ioi_metric(logits, clean, clean_ld, corrupted_ld)
-
-    metric.clean_logit_diff = clean_ld  # type: ignore[attr-defined]
-    metric.corrupted_logit_diff = corrupted_ld  # type: ignore[attr-defined]
+    if abs(clean_ld - corrupted_ld) < 1e-8:
+        raise ValueError("clean and corrupted logit differences are equal: the metric is undefined.")
+    metric = EndLogitMetric(clean, offset=clean_ld, scale=clean_ld - corrupted_ld)
+    metric.clean_logit_diff = clean_ld
+    metric.corrupted_logit_diff = corrupted_ld
     return metric
+
+
+def make_logit_diff_metric(dataset) -> EndLogitMetric:
+    """The plain mean logit difference on ``dataset``'s names, as a metric object."""
+    return EndLogitMetric(dataset)

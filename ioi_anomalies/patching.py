@@ -113,7 +113,7 @@ def path_patch_logits(
 
 
 @torch.inference_mode()
-def path_patch_senders(
+def path_patch_senders_plain(
     model,
     senders: Iterable[Head],
     receivers: Sequence[Head],
@@ -128,7 +128,7 @@ def path_patch_senders(
     separate effects: attention is a softmax, so changes to a receiver's keys combine
     nonlinearly.
     """
-    assert_no_hooks(model, "path_patch_senders")
+    assert_no_hooks(model, "path_patch_senders_plain")
     receivers = _check_receivers(model, receivers, receiver_input)
     logits = path_patch_logits(
         model, senders, receivers, receiver_input, orig.toks, z_cache(model, orig.toks), z_cache(model, new.toks)
@@ -151,7 +151,7 @@ def path_patch_heads_to_heads_plain(
     Returns [max receiver layer, n_heads]: entry (l, h) is the metric when only head l.h's path
     into the receivers' ``receiver_input`` is patched. The plain reference implementation.
     """
-    assert_no_hooks(model, "path_patch_heads_to_heads")
+    assert_no_hooks(model, "path_patch_heads_to_heads_plain")
     receivers = _check_receivers(model, receivers, receiver_input)
     max_layer = max(l for l, _ in receivers)
     orig_z, new_z = z_cache(model, orig.toks), z_cache(model, new.toks)

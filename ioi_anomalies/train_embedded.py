@@ -61,42 +61,49 @@ def build_config(dropout: float):
 
 
 class Mixture:
-    """Endless batches of IOI prompts, stories and repeated random tokens (fixed seeds)."""
+    """Endless batches of IOI prompts, stories and repeated random tokens (fixed seeds).
+
+    Each batch holds one kind of sequence, so short IOI prompts are not padded to the length of
+    a story: a step costs what its sequences need.
+    """
+
+    KINDS = ("ioi", "ioi", "ioi", "ioi", "ioi", "ioi", "story", "story", "repeat", "repeat", "repeat")
 
     def __init__(self, tokenizer, seed: int):
         self.tok = tokenizer
         self.rng = np.random.default_rng(seed)
         self.chunk = 0
-        self.pool: list[tuple[list[int], int]] = []  # (tokens, index of the final name's target)
+        self.pools: dict[str, list[tuple[list[int], int]]] = {"ioi": [], "story": []}
         self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
+        self.step = 0
 
     def _refill(self):
         seed = TRAIN_SEED_BASE + self.chunk
         self.chunk += 1
         state = random.getstate(), np.random.get_state()
-        items: list[tuple[list[int], int]] = []
-        for kind, templates in (("ioi", self.templates), ("abc", ABC_TEMPLATES + BAC_TEMPLATES)):
-            n = 512 if kind == "ioi" else 128
+        ioi: list[tuple[list[int], int]] = []
+        for templates, n in ((self.templates, 1024), (ABC_TEMPLATES + BAC_TEMPLATES, 256)):
             ds = IOIDataset(templates, N=n, tokenizer=self.tok, seed=seed, prepend_bos=False)
             for i in range(n):
                 ids = ds.toks[i, : ds.word_idx["end"][i] + 2].tolist()
-                items.append((ids, len(ids) - 2))
-        # stories: two or three IOI sentences joined, each a fresh draw
-        ds = IOIDataset(self.templates, N=384, tokenizer=self.tok, seed=seed + 7, prepend_bos=False)
+                ioi.append((ids, len(ids) - 2))
+        # stories: two or three IOI sentences in a row, each a fresh draw
+        ds = IOIDataset(self.templates, N=768, tokenizer=self.tok, seed=seed + 7, prepend_bos=False)
         sents = [ds.toks[i, : ds.word_idx["end"][i] + 2].tolist() for i in range(ds.N)]
         period = self.tok.encode(".", add_special_tokens=False)
+        story: list[tuple[list[int], int]] = []
         for j in range(0, len(sents) - 2, 3):
             k = 2 + (j // 3) % 2
             ids: list[int] = []
-            for s in sents[j : j + k]:
-                ids += s + period
-            ids = ids[:-1]
-            if len(ids) <= SEQ:
-                items.append((ids, len(ids) - 2))
+            for sent in sents[j : j + k]:
+                ids += sent + period
+            ids = ids[:-1][:SEQ]
+            story.append((ids, len(ids) - 2))
         random.setstate(state[0])
         np.random.set_state(state[1])
-        order = self.rng.permutation(len(items))
-        self.pool.extend(items[i] for i in order)
+        for name, items in (("ioi", ioi), ("story", story)):
+            order = self.rng.permutation(len(items))
+            self.pools[name].extend(items[i] for i in order)
 
     def _repeated(self) -> tuple[list[int], int]:
         n = int(self.rng.integers(4, 25))
@@ -104,15 +111,19 @@ class Mixture:
         prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
         return prefix + half + half, -1
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        kind = self.KINDS[self.step % len(self.KINDS)]
+        self.step += 1
+        if kind == "ioi":
+            size *= 2  # short sequences: twice the prompts for about the same cost
         seqs, ends = [], []
         for _ in range(size):
-            if self.rng.random() < 0.3:
+            if kind == "repeat":
                 ids, end = self._repeated()
             else:
-                if not self.pool:
+                if not self.pools[kind]:
                     self._refill()
-                ids, end = self.pool.pop()
+                ids, end = self.pools[kind].pop()
             if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
                 ids = [EOT_ID] + ids
                 end = end + 1 if end >= 0 else end
@@ -120,14 +131,13 @@ class Mixture:
             ends.append(end)
         width = max(len(s) for s in seqs)
         toks = torch.full((size, width), EOT_ID, dtype=torch.long)
-        mask = torch.zeros((size, width - 1))
-        weight = torch.ones((size, width - 1))
+        weight = torch.zeros((size, width - 1))
         for i, s in enumerate(seqs):
             toks[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s) - 1] = 1
+            weight[i, : len(s) - 1] = 1
             if ends[i] >= 0:
-                weight[i, ends[i]] = 4.0  # the name that needs the circuit
-        return toks, mask * weight, mask
+                weight[i, ends[i]] = 8.0  # the name that needs the circuit
+        return kind, toks, weight
 
 
 def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
@@ -177,7 +187,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         for g in opt.param_groups:
             g["lr"] = lr * scale
         model.train()
-        toks, weights, _ = data.batch(batch)
+        _, toks, weights = data.batch(batch)
         loss = sampled_loss(model, toks, weights, 2048, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,6 +21,7 @@ from ioi_anomalies import (
     patch_heads_z,
     path_patch_heads_to_heads_plain,
     path_patch_senders,
+    path_patch_senders_plain,
     repeated_token_loss,
 )
 from ioi_anomalies.patching import path_patch_logits, z_cache
@@ -124,6 +125,7 @@ def test_activation_patching_agrees_with_transformer_lens(model, ioi, abc):
 def test_path_patching_from_a_sender_at_or_above_the_receivers_is_exactly_zero(model, ioi, abc):
     metric = make_ioi_metric(model, ioi, abc)
     for sender in [(1, 0), (2, 3)]:
+        assert path_patch_senders_plain(model, [sender], [(1, 1)], "k", metric, ioi, abc) == 0.0
         assert path_patch_senders(model, [sender], [(1, 1)], "k", metric, ioi, abc) == 0.0
 
 
@@ -134,7 +136,7 @@ def test_all_senders_together_equal_patching_every_lower_head(model, ioi, abc):
     receivers = [(2, 0), (2, 3)]
     senders = [(l, h) for l in range(2) for h in range(model.cfg.n_heads)]
     for inp in "qkv":
-        got = path_patch_senders(model, senders, receivers, inp, metric, ioi, abc)
+        got = path_patch_senders_plain(model, senders, receivers, inp, metric, ioi, abc)
         _, new_cache = model.run_with_cache(abc.toks)
         name = f"blocks.2.attn.hook_{inp}"
 
@@ -159,7 +161,7 @@ def test_plain_sweep_equals_single_sender_runs(model, ioi, abc):
     grid = path_patch_heads_to_heads_plain(model, [(2, 1)], "v", metric, ioi, abc, progress=False)
     assert grid.shape == (2, model.cfg.n_heads)
     for l, h in [(0, 0), (1, 3)]:
-        assert abs(grid[l, h].item() - path_patch_senders(model, [(l, h)], [(2, 1)], "v", metric, ioi, abc)) < 1e-6
+        assert abs(grid[l, h].item() - path_patch_senders_plain(model, [(l, h)], [(2, 1)], "v", metric, ioi, abc)) < 1e-6
     assert grid.abs().max() > 1e-4
 
 
@@ -187,6 +189,7 @@ def _helpers(model, ioi, abc):
         "repeated_token_loss": lambda: repeated_token_loss(model, toks),
         "patch_heads_z": lambda: patch_heads_z(model, ioi, abc, [(0, 1)]),
         "path_patch_senders": lambda: path_patch_senders(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
+        "path_patch_senders_plain": lambda: path_patch_senders_plain(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
         "path_patch_heads_to_heads_plain": lambda: path_patch_heads_to_heads_plain(model, [(1, 0)], "k", metric, ioi, abc, progress=False),
     }
 
@@ -205,7 +208,7 @@ def test_helpers_clean_up_when_they_raise(model, ioi, abc):
         raise RuntimeError("metric failed")
 
     with pytest.raises(RuntimeError, match="metric failed"):
-        path_patch_senders(model, [(0, 1)], [(1, 0)], "k", bad_metric, ioi, abc)
+        path_patch_senders_plain(model, [(0, 1)], [(1, 0)], "k", bad_metric, ioi, abc)
     assert hook_snapshot(model) == before
 
     def exploding(z, hook):

@@ -1,0 +1,87 @@
+"""The fast engine against the plain implementation (the oracle), and attribution patching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ioi_anomalies import make_ioi_metric, make_logit_diff_metric
+from ioi_anomalies.patching import path_patch_heads_to_heads_plain, path_patch_senders_plain
+from ioi_anomalies.path_patching import (
+    PathPatchingEngine,
+    Weights,
+    attribution_path_patching,
+    compare_with_exact,
+    forward_clean,
+    path_patch_heads_to_heads,
+    path_patch_senders,
+)
+
+
+def test_engine_forward_is_the_models_forward(model, ioi):
+    run = forward_clean(Weights.of(model), ioi.toks)
+    _, cache = model.run_with_cache(ioi.toks)
+    for l in range(model.cfg.n_layers):
+        torch.testing.assert_close(run.resid_pre[l], cache[f"blocks.{l}.hook_resid_pre"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.z[l], cache[f"blocks.{l}.attn.hook_z"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "receivers,inp",
+    [([(2, 0), (2, 1)], "k"), ([(1, 2), (2, 3)], "q"), ([(1, 0), (2, 3)], "v"), ([(2, 1)], "q"), ([(1, 1)], "v")],
+)
+def test_engine_equals_the_plain_implementation(model, ioi, abc, receivers, inp):
+    metric = make_ioi_metric(model, ioi, abc)
+    plain = path_patch_heads_to_heads_plain(model, receivers, inp, metric, ioi, abc, progress=False)
+    fast = path_patch_heads_to_heads(model, receivers, inp, metric, ioi, abc, progress=False)
+    assert fast.shape == plain.shape
+    assert (fast - plain).abs().max() <= 1e-4
+    assert plain.abs().max() > 1e-4, "the comparison must see real effects"
+
+
+def test_chunking_does_not_change_results(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    sets = [[(l, h)] for l in range(2) for h in range(model.cfg.n_heads)]
+    big = PathPatchingEngine(model, ioi, abc, metric, memory_budget_mb=4096).run(sets, [(2, 2)], "k", progress=False)
+    tiny = PathPatchingEngine(model, ioi, abc, metric, memory_budget_mb=1e-3)
+    assert tiny.chunk_size() == 1
+    torch.testing.assert_close(tiny.run(sets, [(2, 2)], "k", progress=False), big, atol=1e-6, rtol=1e-5)
+
+
+def test_multi_sender_equals_plain(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    for senders in ([(0, 1), (1, 2)], [(0, 0), (0, 3), (1, 1)], [(2, 0)]):
+        a = path_patch_senders(model, senders, [(2, 0), (2, 2)], "k", metric, ioi, abc)
+        b = path_patch_senders_plain(model, senders, [(2, 0), (2, 2)], "k", metric, ioi, abc)
+        assert abs(a - b) <= 1e-4, senders
+
+
+def test_a_metric_without_end_shortcut_uses_full_logits(model, ioi, abc):
+    ld = make_logit_diff_metric(ioi)
+
+    def plain_metric(logits):  # no from_end_logits: the engine must compute full logits
+        return ld(logits)
+
+    fast = path_patch_heads_to_heads(model, [(2, 3)], "v", plain_metric, ioi, abc, progress=False)
+    plain = path_patch_heads_to_heads_plain(model, [(2, 3)], "v", plain_metric, ioi, abc, progress=False)
+    assert (fast - plain).abs().max() <= 1e-4
+
+
+def test_attribution_patching_tracks_the_exact_result(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    exact = path_patch_heads_to_heads(model, [(2, 0), (2, 3)], "v", metric, ioi, abc, progress=False)
+    approx = attribution_path_patching(model, [(2, 0), (2, 3)], "v", metric, ioi, abc)
+    stats = compare_with_exact(exact, approx)
+    assert approx.shape == exact.shape
+    assert stats["pearson"] > 0.9, stats
+    assert not torch.equal(exact, approx), "a first-order estimate is not exact"
+
+
+def test_engine_refuses_leftover_hooks(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z)
+    try:
+        with pytest.raises(RuntimeError, match="reset_hooks"):
+            PathPatchingEngine(model, ioi, abc, metric)
+    finally:
+        model.reset_hooks()
