@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean release validate lab
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,16 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) build demo-output
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m ioi_anomalies.bench $(BENCH_ARGS)
+
+release: setup
+	$(PY) -m grader release $(ASSIGNMENTS)
+
+validate: setup
+	@test -n "$(NB)" || (echo "usage: make validate NB=notebooks/<assignment>/<assignment>.ipynb" && exit 2)
+	IOI_ANOMALIES_MODEL=$${IOI_ANOMALIES_MODEL:-embedded} $(PY) -m grader validate $(NB)
+
+lab: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.kernel_manager_class=jupyter_server.services.kernels.kernelmanager.AsyncMappingKernelManager

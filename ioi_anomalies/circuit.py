@@ -43,29 +43,41 @@ GPT2_SMALL_NAMED: dict[str, list[Head]] = {
 }
 
 
-def _load_circuit_json(path: Path) -> dict[str, list[Head]]:
+def _load_circuit_json(path: Path, key: str = "circuit") -> dict[str, list[Head]]:
     raw = json.loads(path.read_text())
-    return {k: [tuple(h) for h in v] for k, v in raw["circuit"].items()}
+    return {k: [tuple(h) for h in v] for k, v in raw.get(key, {}).items()}
 
 
-def get_circuit(model_or_name) -> dict[str, list[Head]]:
-    """The circuit of a model (a bridge, a label like 'gpt2-small', or a model directory)."""
-    if isinstance(model_or_name, str):
-        label = model_or_name
-    else:
-        label = model_label(model_or_name)
-    if label in (GPT2_SMALL, "gpt2"):
-        return {k: list(v) for k, v in GPT2_SMALL_CIRCUIT.items()}
+def _circuit_file(model_or_name) -> tuple[str, Path | None]:
+    label = model_or_name if isinstance(model_or_name, str) else model_label(model_or_name)
     candidates = [Path(label) / "circuit.json"]
-    if label == EMBEDDED_MODEL or label == "embedded":
+    if label in (EMBEDDED_MODEL, "embedded"):
         candidates.insert(0, embedded_model_dir() / "circuit.json")
     path = getattr(getattr(model_or_name, "tokenizer", None), "name_or_path", None)
     if path:
         candidates.append(Path(path) / "circuit.json")
-    for c in candidates:
-        if c.exists():
-            return _load_circuit_json(c)
-    raise KeyError(
-        f"no circuit is known for model {label!r}: GPT-2 small's is built in; other models need a "
-        "circuit.json next to their weights (see `python -m ioi_anomalies.model_card`)."
-    )
+    return label, next((c for c in candidates if c.exists()), None)
+
+
+def get_circuit(model_or_name) -> dict[str, list[Head]]:
+    """The circuit of a model (a bridge, a label like 'gpt2-small', or a model directory)."""
+    label, path = _circuit_file(model_or_name)
+    if label in (GPT2_SMALL, "gpt2"):
+        return {k: list(v) for k, v in GPT2_SMALL_CIRCUIT.items()}
+    if path is None:
+        raise KeyError(
+            f"no circuit is known for model {label!r}: GPT-2 small's is built in; other models need a "
+            "circuit.json next to their weights (see `python -m ioi_anomalies.model_card`)."
+        )
+    return _load_circuit_json(path)
+
+
+def get_named_heads(model_or_name) -> dict[str, list[Head]]:
+    """Heads the series refers to by role beyond the circuit classes ('fuzzy induction',
+    'attention view'): GPT-2 small's are 5.8/5.9 and 5.5/6.9; other models measure their own."""
+    label, path = _circuit_file(model_or_name)
+    if label in (GPT2_SMALL, "gpt2"):
+        return {k: list(v) for k, v in GPT2_SMALL_NAMED.items()}
+    if path is None:
+        raise KeyError(f"no named heads are known for model {label!r}.")
+    return _load_circuit_json(path, "named")

@@ -10,7 +10,8 @@ Names:
 - ``"gpt2-small"`` (also ``"gpt2"``): OpenAI's GPT-2 small, from the HF cache or the network;
 - ``"embedded"`` (also :data:`EMBEDDED_MODEL`): the small IOI model shipped inside this package;
 - a path to a local HF GPT-2 directory;
-- ``None``: GPT-2 small where it can be had, else the embedded model (and it says which).
+- ``None``: the model named by the environment variable ``IOI_ANOMALIES_MODEL`` if set (the
+  grader sets it), else GPT-2 small where it can be had, else the embedded model (it says which).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def gpt2_small_available() -> bool:
 def resolve_model_source(name: str | os.PathLike | None) -> tuple[str, str]:
     """Map a model name to ``(label, source)`` where ``source`` is a repo id or a directory."""
     if name is None:
+        chosen = os.environ.get("IOI_ANOMALIES_MODEL", "").strip()
+        if chosen:  # set by the grader (embedded by default) or by a user
+            return resolve_model_source(chosen)
         if gpt2_small_available():
             return resolve_model_source(GPT2_SMALL)
         return resolve_model_source("embedded")

@@ -97,8 +97,9 @@ class Mixture:
             ids: list[int] = []
             for sent in sents[j : j + k]:
                 ids += sent + period
-            ids = ids[:-1][:SEQ]
-            story.append((ids, len(ids) - 2))
+            ids = ids[:-1]
+            if len(ids) < SEQ:  # room for an optional BOS
+                story.append((ids, len(ids) - 2))
         random.setstate(state[0])
         np.random.set_state(state[1])
         for name, items in (("ioi", ioi), ("story", story)):

@@ -1,0 +1,1 @@
+"""The instructor's tools: release student notebooks from solutions/, validate a notebook."""

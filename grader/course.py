@@ -1,0 +1,78 @@
+"""A throwaway nbgrader course: release, submit, autograde and read the scores.
+
+Used by the tests of the series and by ``make validate``-style checks; the full instructor
+pipeline lives in the rest of ``grader/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nbgrader_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("IOI_ANOMALIES_MODEL", "embedded")
+    env.setdefault("PYTHONHASHSEED", "0")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def write_config(root: Path, timeout: int = 600) -> None:
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        f"c.CourseDirectory.db_url = 'sqlite:///{root}/gradebook.db'\n"
+        "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}\n"
+        "c.ClearSolutions.enforce_metadata = True\n"
+        f"c.Execute.timeout = {timeout}\n"
+    )
+
+
+def run_nbgrader(root: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"]
+    r = subprocess.run(cmd, cwd=root, env=nbgrader_env(env), capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def release_into(root: Path, assignment: str) -> Path:
+    """Copy solutions/<assignment> into a course at ``root`` and generate the student version."""
+    src = root / "source" / assignment
+    if src.exists():
+        shutil.rmtree(src)
+    shutil.copytree(ROOT / "solutions" / assignment, src)
+    write_config(root)
+    run_nbgrader(root, "generate_assignment", assignment, "--force")
+    return root / "release" / assignment
+
+
+def autograde(root: Path, assignment: str, submissions: dict[str, Path], env: dict | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Grade each student's notebook; returns ``{student: {grade_id: (score, max_score)}}``."""
+    from nbgrader.api import Gradebook
+
+    for student, nb in submissions.items():
+        dest = root / "submitted" / student / assignment
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(nb, dest / f"{assignment}.ipynb")
+    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
+        for student in submissions:
+            gb.update_or_create_student(student)
+    for student in submissions:
+        run_nbgrader(root, "autograde", assignment, "--force", f"--student={student}", env=env)
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
+    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
+        for student in submissions:
+            sub = gb.find_submission(assignment, student)
+            nb = sub.notebooks[0]
+            scores[student] = {g.name: (g.score, g.max_score) for g in nb.grades if g.max_score}
+    return scores

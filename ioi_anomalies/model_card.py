@@ -1,0 +1,219 @@
+"""Measure the embedded model and (re)write its circuit and model card.
+
+    python -m ioi_anomalies.model_card [--model DIR]
+
+Everything is measured with this package's own helpers on prompts the training never used
+(seed 2026 and up), and written next to the weights: ``circuit.json`` (read by
+``get_circuit``) and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from . import (
+    ABC_FLIP,
+    FLIP_GRID,
+    IOIDataset,
+    generate_repeated_tokens,
+    head_dla,
+    head_type_scores,
+    load_model,
+    logit_diff,
+    make_ioi_metric,
+    mean_ablation_hooks,
+    mean_z_by_template,
+    path_patch_heads_to_heads,
+    repeated_token_loss,
+)
+from .attribution import final_ln_scale_ratio
+from .hooks import run_and_cache
+from .models import EMBEDDED_MODEL, embedded_model_dir
+
+EVAL_SEED = 2026
+Head = tuple[int, int]
+
+
+def _top(scores: torch.Tensor, k: int, exclude: set[Head], min_value: float) -> list[Head]:
+    n_heads = scores.shape[1]
+    order = scores.flatten().argsort(descending=True).tolist()
+    out = []
+    for i in order:
+        head = divmod(i, n_heads)
+        if head in exclude or scores.flatten()[i] < min_value:
+            continue
+        out.append(head)
+        if len(out) == k:
+            break
+    return out
+
+
+@torch.inference_mode()
+def dla_after_ablation(model, ioi, heads, means):
+    hooks = mean_ablation_hooks(heads, means, ioi.word_idx["end"])
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"]
+    logits, cache = run_and_cache(model, ioi.toks, names, fwd_hooks=hooks)
+    return head_dla(model, ioi, cache=cache), logit_diff(logits, ioi).item()
+
+
+def measure(model) -> dict:
+    ioi = IOIDataset("mixed", N=200, tokenizer=model.tokenizer, seed=EVAL_SEED)
+    abc = ioi.gen_flipped_prompts(ABC_FLIP)
+    per_prompt = logit_diff(model(ioi.toks), ioi, per_prompt=True).detach()
+    rep = generate_repeated_tokens(model.cfg.d_vocab, 20, 20, seed=EVAL_SEED)
+    scores = head_type_scores(model, rep)
+    first, second = repeated_token_loss(model, rep)
+    results: dict = {
+        "ioi": {"n": 200, "seed": EVAL_SEED, "logit_diff": per_prompt.mean().item(),
+                "io_preferred": (per_prompt > 0).float().mean().item(),
+                "abc_logit_diff": logit_diff(model(abc.toks), ioi).item()},
+        "repeated_tokens": {"seq_len": 20, "batch": 20, "loss_first_half": first, "loss_second_half": second,
+                            "max_induction_score": scores["induction"].max().item()},
+    }
+    # name movers and negative name movers: direct logit attribution at END
+    small = ioi[:60]
+    small_abc = small.gen_flipped_prompts(ABC_FLIP)
+    dla = head_dla(model, small)
+    ld = logit_diff(model(small.toks), small).item()
+    name_movers = _top(dla, 3, set(), 0.1 * ld)
+    negative = _top(-dla, 2, set(name_movers), 0.05 * ld)
+    # backup name movers: DLA rises when the top name mover is mean-ablated at END
+    means = mean_z_by_template(model, small_abc)
+    top = name_movers[0]
+    dla_ablated, ld_ablated = dla_after_ablation(model, small, [top], means)
+    rise = dla_ablated - dla
+    used = set(name_movers) | set(negative)
+    backup = _top(rise, 4, used, 0.02 * ld)
+    used |= set(backup)
+    # S-inhibition heads: path patching into the name movers' queries
+    metric = make_ioi_metric(model, small, small_abc)
+    pp_q = path_patch_heads_to_heads(model, name_movers, "q", metric, small, small_abc, progress=False)
+    s_inhib = _top(-pp_q, 4, used, 0.02)
+    used |= set(s_inhib)
+    # induction / duplicate / previous-token heads by scores on repeated random tokens
+    induction = _top(scores["induction"], 4, used, 0.2)
+    used |= set(induction)
+    duplicate = _top(scores["duplicate"], 3, used, 0.1)
+    used |= set(duplicate)
+    previous = _top(scores["previous"], 2, used, 0.2)
+    circuit = {
+        "name mover": name_movers, "backup name mover": backup, "negative name mover": negative,
+        "s2 inhibition": s_inhib, "induction": induction, "duplicate token": duplicate, "previous token": previous,
+    }
+    # fuzzy induction: induction-class heads that matter most for the S-inhibition heads' keys
+    fuzzy = []
+    if s_inhib:
+        pp_k = path_patch_heads_to_heads(model, s_inhib, "k", metric, small, small_abc, progress=False)
+        cand = [h for h in induction if h[0] < pp_k.shape[0]]
+        fuzzy = sorted(cand, key=lambda h: pp_k[h].item())[:2]
+        results["s_inhibition_keys_path_patching"] = {f"{l}.{h}": round(pp_k[l, h].item(), 4) for l, h in cand}
+    named = {"fuzzy induction": fuzzy, "attention view": induction[:2]}
+    naive = ld - dla[top].item()
+    results["ablation"] = {
+        "top_name_mover": f"{top[0]}.{top[1]}", "dla_top": dla[top].item(), "logit_diff": ld,
+        "naive_prediction": naive, "logit_diff_after": ld_ablated,
+        "compensation": (ld_ablated - naive), "ln_scale_ratio": final_ln_scale_ratio(
+            model, small, fwd_hooks=mean_ablation_hooks([top], means, small.word_idx["end"])).item(),
+        "largest_rises": {f"{l}.{h}": round(rise[l, h].item(), 4) for l, h in backup},
+    }
+    # positional vs token signal of the S-inhibition heads (3x2 grid of logit differences)
+    from .ablation import patch_heads_z
+
+    grid = torch.zeros(3, 2)
+    for (row, col), flip in FLIP_GRID.items():
+        ds = small if flip is None else small.gen_flipped_prompts(flip)
+        grid[row, col] = logit_diff(patch_heads_z(model, small, ds, s_inhib), small).item() if s_inhib else float("nan")
+    results["positional_vs_token_grid"] = grid.tolist()
+    results["row_difference"] = (grid[0] - grid[2]).abs().mean().item()
+    results["column_difference"] = (grid[:, 0] - grid[:, 1]).abs().mean().item()
+    return {"circuit": circuit, "named": named, "results": results}
+
+
+def write_card(model_dir: Path, measured: dict) -> str:
+    training = json.loads((model_dir / "training.json").read_text()) if (model_dir / "training.json").exists() else {}
+    cfg = json.loads((model_dir / "config.json").read_text())
+    r = measured["results"]
+    c = measured["circuit"]
+    fmt = lambda hs: ", ".join(f"{l}.{h}" for l, h in hs) or "none found"  # noqa: E731
+    ab = r["ablation"]
+    size_mb = sum(p.stat().st_size for p in model_dir.iterdir()) / 2**20
+    grid = r["positional_vs_token_grid"]
+    card = f"""# {EMBEDDED_MODEL}: a small GPT-2 that does IOI, shipped for offline use
+
+*This file is written by `python -m ioi_anomalies.model_card`; every number below is measured.*
+
+## Architecture
+GPT-2 architecture: {cfg['n_layer']} layers x {cfg['n_head']} heads, d_model {cfg['n_embd']}, d_mlp
+{cfg.get('n_inner') or 4 * cfg['n_embd']}, context {cfg['n_positions']}, GPT-2's tokenizer and 50,257-token vocabulary,
+tied embeddings, GELU. Stored in float16 ({size_mb:.1f} MB on disk with the tokenizer), loaded as
+float32 through the same TransformerLens bridge path as GPT-2 small.
+
+## Training
+`python -m ioi_anomalies.train_embedded` from nothing, on the CPU, seeded: {training.get('steps', '?')} steps in
+{training.get('train_seconds', '?')} s ({training.get('torch_threads', '?')} threads), batch {training.get('batch', '?')},
+AdamW lr {training.get('lr', '?')}, dropout {training.get('dropout', '?')} (attention, residual, embedding). Data, all
+generated by the package: IOI prompts from all 15 BABA + 15 ABBA templates and the ABC/BAC templates
+(seeds from 1,000,003 up, never used for evaluation), short stories of two or three such sentences,
+and repeated random-token sequences over the whole vocabulary. The output layer is trained with a
+sampled softmax (the batch's targets plus 2,048 random negatives).
+
+## Evaluation (fresh prompts: "mixed", N=200, seed {EVAL_SEED})
+- IOI logit difference: **{r['ioi']['logit_diff']:.3f}**; IO preferred over S in **{100 * r['ioi']['io_preferred']:.1f}%** of prompts.
+- ABC (corrupted) prompts, scored on the IOI names: {r['ioi']['abc_logit_diff']:.3f}.
+- Repeated random tokens (20 tokens twice, 20 sequences): loss {r['repeated_tokens']['loss_first_half']:.2f} on the
+  first half, **{r['repeated_tokens']['loss_second_half']:.2f}** on the second; best induction score
+  **{r['repeated_tokens']['max_induction_score']:.2f}**.
+
+## The model's own circuit (measured with the package's helpers)
+| class | heads | how found |
+|---|---|---|
+| name mover | {fmt(c['name mover'])} | direct logit attribution at END |
+| negative name mover | {fmt(c['negative name mover'])} | most negative DLA |
+| backup name mover | {fmt(c['backup name mover'])} | DLA rises when {ab['top_name_mover']} is mean-ablated at END |
+| s2 inhibition | {fmt(c['s2 inhibition'])} | path patching into the name movers' queries |
+| induction | {fmt(c['induction'])} | induction score on repeated random tokens |
+| duplicate token | {fmt(c['duplicate token'])} | duplicate-token score |
+| previous token | {fmt(c['previous token'])} | previous-token score |
+
+Fuzzy induction candidates (induction heads that matter most for the S-inhibition heads' keys):
+{fmt(measured['named']['fuzzy induction'])}.
+
+## The series' phenomena on this model
+- **Backup name movers.** Mean-ablating the top name mover {ab['top_name_mover']} (DLA {ab['dla_top']:.3f}) at END:
+  naive prediction {ab['naive_prediction']:.3f}, measured {ab['logit_diff_after']:.3f} (from {ab['logit_diff']:.3f}), so
+  {'other heads compensate for ' + format(ab['compensation'], '.3f') + ' of logit difference' if ab['compensation'] > 0.05 else 'there is no real compensation'}.
+  Largest DLA rises: {', '.join(f'{k} (+{v:.3f})' for k, v in ab['largest_rises'].items()) or 'none'}; final-LN scale ratio
+  (clean / ablated) {ab['ln_scale_ratio']:.3f}.
+- **Positional vs token signal.** Logit difference after patching all S-inhibition heads from each
+  flipped dataset (rows: token original / random / inverted; columns: position original / inverted):
+  {[[round(x, 3) for x in row] for row in grid]}. Mean row difference (token) {r['row_difference']:.3f}, mean column
+  difference (position) {r['column_difference']:.3f}: the S-inhibition heads carry
+  {'more positional than token signal' if r['column_difference'] > r['row_difference'] else 'more token than positional signal'}.
+- **Dropout and backup heads.** The shipped model was trained with dropout {training.get('dropout', '?')}.
+  `04_further_directions` retrains it without dropout and repeats the ablation, to test whether
+  backup name movers come from dropout.
+"""
+    return card
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", type=Path, default=embedded_model_dir())
+    a = p.parse_args(argv)
+    model = load_model(a.model, device="cpu", verbose=False)
+    measured = measure(model)
+    (a.model / "circuit.json").write_text(json.dumps(
+        {"model": EMBEDDED_MODEL, "circuit": measured["circuit"], "named": measured["named"],
+         "results": measured["results"]}, indent=1))
+    card = write_card(a.model, measured)
+    (a.model / "MODEL_CARD.md").write_text(card)
+    print(card)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

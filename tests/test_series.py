@@ -1,0 +1,98 @@
+"""The exercise series: release reproduces notebooks/, sources are clean, grading behaves.
+
+Autograding runs nbgrader on the embedded model: the solution earns full marks, the untouched
+student notebook earns 0 on every autograded cell, and a prepared wrong submission earns the
+partial score it deserves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.course import ROOT, autograde, release_into
+
+ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
+
+# Per assignment: edits that make a submission wrong in known places, and the grade ids they fail.
+WRONG = {
+    "01_early_induction_heads": (
+        [
+            ("return pattern.diagonal(-(seq_len - 1), dim1=-2, dim2=-1).mean(dim=(0, -1))",
+             "return pattern.diagonal(-seq_len, dim1=-2, dim2=-1).mean(dim=(0, -1))"),
+            ("order = results.flatten().argsort()[:k].tolist()", "order = results.flatten().argsort(descending=True)[:k].tolist()"),
+        ],
+        {"test_induction_score", "test_strongest_senders"},
+    ),
+}
+
+
+def _nb(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_sources_carry_no_outputs_and_stable_metadata(assignment):
+    nb = _nb(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
+    ids = set()
+    for cell in nb.cells:
+        assert cell.get("outputs", []) == [], f"cell {cell.id} has outputs"
+        assert cell.get("execution_count") is None, f"cell {cell.id} has an execution count"
+        assert cell.id not in ids
+        ids.add(cell.id)
+    assert nb.metadata["kernelspec"]["name"] == "ioi-anomalies"
+    grade_ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    assert len(grade_ids) == len(set(grade_ids)), "duplicate grade ids"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_reproduces_the_committed_notebooks(assignment, tmp_path):
+    released = release_into(tmp_path, assignment)
+    committed = ROOT / "notebooks" / assignment
+    names = sorted(p.name for p in released.iterdir())
+    assert names == sorted(p.name for p in committed.iterdir()), "run `make release`"
+    for name in names:
+        assert (released / name).read_bytes() == (committed / name).read_bytes(), f"{name} is stale: run `make release`"
+    student = _nb(committed / f"{assignment}.ipynb")
+    text = json.dumps(student.cells)
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_graded_exercise_has_points(assignment):
+    nb = _nb(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded and all(c.metadata["nbgrader"]["points"] > 0 for c in graded)
+
+
+@pytest.mark.parametrize("assignment", sorted(WRONG))
+def test_autograding_full_zero_and_partial(assignment, tmp_path):
+    released = release_into(tmp_path, assignment)
+    solution = ROOT / "solutions" / assignment / f"{assignment}.ipynb"
+    edits, failing = WRONG[assignment]
+    wrong = _nb(solution)
+    for old, new in edits:
+        hits = [c for c in wrong.cells if old in c.source]
+        assert len(hits) == 1, f"edit target not found once: {old!r}"
+        hits[0].source = hits[0].source.replace(old, new)
+    wrong_path = tmp_path / "wrong.ipynb"
+    nbformat.write(wrong, wrong_path)
+    scores = autograde(tmp_path, assignment, {
+        "correct": solution,
+        "untouched": released / f"{assignment}.ipynb",
+        "wrong": wrong_path,
+    })
+    auto = {k: v for k, v in scores["correct"].items() if k.startswith("test_")}
+    assert auto and all(score == mx for score, mx in auto.values()), scores["correct"]
+    assert all(scores["untouched"][k][0] == 0 for k in auto), scores["untouched"]
+    for k, (score, mx) in scores["wrong"].items():
+        if k in failing:
+            assert score == 0, (k, score)
+        elif k in auto:
+            assert score == mx, (k, score)
+    total = sum(s for s, _ in scores["wrong"].values())
+    assert 0 < total < sum(m for _, m in auto.values())
