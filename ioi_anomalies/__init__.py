@@ -4,7 +4,10 @@ The notebooks call these instead of re-implementing them; each function's docstr
 what it measures.
 """
 
-from .ablation import mean_ablation_hooks, mean_z_by_template, patch_heads_z, z_patch_hooks
+from .ablation import (
+    circuit_ablation_hooks, logit_diff_with_circuit, logit_diff_without_heads, mean_ablation_hooks,
+    mean_z_by_template, patch_heads_z, z_patch_hooks,
+)
 from .attribution import component_dla, final_ln_scale, final_ln_scale_ratio, head_dla, logit_diff_directions
 from .circuit import GPT2_SMALL_CIRCUIT, SEQ_POS_TO_KEEP, get_circuit, get_named_heads
 from .dataset import ABC_FLIP, FLIP_GRID, NAMES, IOIDataset
@@ -28,6 +31,7 @@ __all__ = [
     "path_patch_heads_to_heads_plain", "path_patch_senders", "repeated_token_loss",
     "EndLogitMetric", "make_logit_diff_metric", "path_patch_senders_plain", "PathPatchingEngine",
     "attribution_path_patching", "compare_with_exact", "path_patch_heads_to_heads",
-    "SEQ_POS_TO_KEEP", "get_named_heads",
+    "SEQ_POS_TO_KEEP", "get_named_heads", "circuit_ablation_hooks", "logit_diff_with_circuit",
+    "logit_diff_without_heads",
     "run_and_cache", "scatter", "z_patch_hooks",
 ]

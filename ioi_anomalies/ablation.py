@@ -111,3 +111,70 @@ def patch_heads_z(model, orig, new, heads: Iterable[Head], positions: Tensor | N
         _, new_z = run_and_cache(model, new.toks, names, return_logits=False)
     with model.hooks(fwd_hooks=z_patch_hooks(heads, new_z, positions)):
         return model(orig.toks)
+
+
+def circuit_keep_masks(model, dataset, circuit: dict[str, list[Head]], seq_pos_to_keep: dict[str, str]) -> list[Tensor]:
+    """Per layer, a bool mask [batch, seq, head]: True where a circuit head keeps its own output.
+
+    A head of class ``c`` keeps its output only at the position ``seq_pos_to_keep[c]`` names
+    (e.g. name movers at ``end``); every other (head, position) is mean-ablated.
+    """
+    n, seq = dataset.toks.shape
+    rows = torch.arange(n)
+    masks = [torch.zeros(n, seq, model.cfg.n_heads, dtype=torch.bool) for _ in range(model.cfg.n_layers)]
+    for cls, heads in circuit.items():
+        if cls not in seq_pos_to_keep:
+            raise ValueError(f"no position to keep for class {cls!r}: add it to seq_pos_to_keep.")
+        pos = dataset.word_idx[seq_pos_to_keep[cls]].cpu()
+        for layer, head in heads:
+            masks[layer][rows, pos, head] = True
+    return masks
+
+
+def circuit_ablation_hooks(
+    model,
+    means: Float[Tensor, "layer batch seq head d_head"],
+    dataset,
+    circuit: dict[str, list[Head]],
+    seq_pos_to_keep: dict[str, str],
+) -> list[tuple[str, callable]]:
+    """Hooks that keep only ``circuit``: every other head, and circuit heads away from their
+    positions, are replaced by ``means`` (e.g. ``mean_z_by_template(model, abc)``).
+
+    This is how the IOI paper measures a circuit on its own: run the model with these hooks and
+    compare the logit difference with the full model's (faithfulness), or knock classes out of
+    the circuit and of the model (completeness), or one head (minimality).
+    """
+    masks = circuit_keep_masks(model, dataset, circuit, seq_pos_to_keep)
+
+    def make(layer: int):
+        def hook(z, hook):
+            keep = masks[layer].to(z.device)
+            return torch.where(keep[..., None], z, means[layer].to(z.device))
+
+        return hook
+
+    return [(f"blocks.{l}.attn.hook_z", make(l)) for l in range(model.cfg.n_layers)]
+
+
+@torch.inference_mode()
+def logit_diff_with_circuit(model, dataset, means, circuit, seq_pos_to_keep) -> float:
+    """F(C): the mean logit difference when only ``circuit`` is left (see circuit_ablation_hooks)."""
+    from .metrics import logit_diff
+
+    assert_no_hooks(model, "logit_diff_with_circuit")
+    with model.hooks(fwd_hooks=circuit_ablation_hooks(model, means, dataset, circuit, seq_pos_to_keep)):
+        return logit_diff(model(dataset.toks), dataset).item()
+
+
+@torch.inference_mode()
+def logit_diff_without_heads(model, dataset, means, heads: Iterable[Head]) -> float:
+    """F(M \\ K): the mean logit difference of the full model with ``heads`` mean-ablated everywhere."""
+    from .metrics import logit_diff
+
+    assert_no_hooks(model, "logit_diff_without_heads")
+    heads = list(heads)
+    if not heads:
+        return logit_diff(model(dataset.toks), dataset).item()
+    with model.hooks(fwd_hooks=mean_ablation_hooks(heads, means)):
+        return logit_diff(model(dataset.toks), dataset).item()

@@ -311,7 +311,8 @@ class IOIDataset:
                 N=N,
                 symmetric=symmetric,
                 prefixes=prefixes,
-                abc=prompt_type in ("ABC", "ABC mixed", "BAC"),
+                # the reference only fills [C] for the named ABC types; a template list with [C] needs it too
+                abc=prompt_type in ("ABC", "ABC mixed", "BAC") or any("[C]" in t for t in self.templates),
             )
         self.ioi_prompts = [dict(p) for p in prompts]
         self.N = N

@@ -181,7 +181,23 @@ class PathPatchingEngine:
         self.new_z = forward_clean(self.w, toks_n).z
         self.N = toks_o.shape[0]
         self.orig_toks = orig.toks
+        self._check_matches_model()
         self.budget = memory_budget_mb
+
+    def _check_matches_model(self) -> None:
+        """The engine redoes the model's arithmetic; refuse a model whose forward differs
+        (e.g. LayerNorms not folded, or an unsupported architecture)."""
+        with torch.no_grad():
+            rows = torch.arange(self.N, device=self.end.device)
+            ours = _end_logits(self.w, self.clean.resid_final[rows, self.end])
+            theirs = self.model(self.orig_toks)[rows, self.end.to(self.orig_toks.device)].to(ours.device)
+        gap = (ours - theirs).abs().max().item()
+        if gap > 1e-3 * max(1.0, theirs.abs().max().item()):
+            raise ValueError(
+                f"the path-patching engine does not reproduce this model's logits (max gap {gap:.3g}); "
+                "load the model with ioi_anomalies.load_model (compatibility mode, LayerNorm folded) "
+                "or use path_patch_heads_to_heads_plain."
+            )
 
     # size of one sender set's working memory, in MB (generous: temporaries included)
     def _per_set_mb(self) -> float:

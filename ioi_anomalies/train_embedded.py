@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -31,23 +32,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import ABBA_TEMPLATES, ABC_TEMPLATES, BAC_TEMPLATES, BABA_TEMPLATES, IOIDataset
+from .dataset import ABBA_TEMPLATES, BABA_TEMPLATES, IOIDataset
 from .tokenizer import EOT_ID, load_tokenizer, save_tokenizer
 
 SEQ = 64
 TRAIN_SEED_BASE = 1_000_003  # evaluation uses small seeds; training never does
 
 
-def build_config(dropout: float):
+def build_config(dropout: float, n_layer: int = 6, n_head: int = 8, d_model: int = 128):
     from transformers import GPT2Config
 
     return GPT2Config(
         vocab_size=50257,
         n_positions=128,
-        n_embd=128,
-        n_layer=6,
-        n_head=8,
-        n_inner=512,
+        n_embd=d_model,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_inner=4 * d_model,
         activation_function="gelu_new",
         resid_pdrop=dropout,
         embd_pdrop=dropout,
@@ -67,29 +68,49 @@ class Mixture:
     a story: a step costs what its sequences need.
     """
 
-    KINDS = ("ioi", "ioi", "ioi", "ioi", "ioi", "ioi", "story", "story", "repeat", "repeat", "repeat")
-
-    def __init__(self, tokenizer, seed: int):
+    def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0):
+        self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
+        self.end_weight = end_weight
         self.tok = tokenizer
         self.rng = np.random.default_rng(seed)
         self.chunk = 0
         self.pools: dict[str, list[tuple[list[int], int]]] = {"ioi": [], "story": []}
         self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
         self.step = 0
+        self.name_swap = name_swap
+        # stand-in names: every single-token capitalised word (" Paris", " Table", ...), so that
+        # only copying from the context works, not a lookup over 109 names
+        vocab = tokenizer.get_vocab()
+        self.name_pool = np.array(sorted(i for t, i in vocab.items() if re.fullmatch(r"\u0120[A-Z][a-z]{2,}", t)))
+
+    def _swap_names(self, ids: list[int], names: list[int]) -> list[int]:
+        """With probability ``name_swap``, replace each of ``names`` by a distinct stand-in."""
+        if self.rng.random() >= self.name_swap:
+            return ids
+        new = self.rng.choice(self.name_pool, size=len(names), replace=False).tolist()
+        table = dict(zip(names, new))
+        return [table.get(t, t) for t in ids]
+
+    def _names_of(self, ds, i: int) -> list[int]:
+        p = ds.ioi_prompts[i]
+        out = [ds.io_tokenIDs[i], ds.s_tokenIDs[i]]
+        if "C" in p:
+            out.append(self.tok.encode(" " + p["C"], add_special_tokens=False)[0])
+        return out
 
     def _refill(self):
         seed = TRAIN_SEED_BASE + self.chunk
         self.chunk += 1
         state = random.getstate(), np.random.get_state()
         ioi: list[tuple[list[int], int]] = []
-        for templates, n in ((self.templates, 1024), (ABC_TEMPLATES + BAC_TEMPLATES, 256)):
+        for templates, n in ((self.templates, 1024), ("ABC mixed", 256)):
             ds = IOIDataset(templates, N=n, tokenizer=self.tok, seed=seed, prepend_bos=False)
             for i in range(n):
-                ids = ds.toks[i, : ds.word_idx["end"][i] + 2].tolist()
+                ids = self._swap_names(ds.toks[i, : ds.word_idx["end"][i] + 2].tolist(), self._names_of(ds, i))
                 ioi.append((ids, len(ids) - 2))
         # stories: two or three IOI sentences in a row, each a fresh draw
         ds = IOIDataset(self.templates, N=768, tokenizer=self.tok, seed=seed + 7, prepend_bos=False)
-        sents = [ds.toks[i, : ds.word_idx["end"][i] + 2].tolist() for i in range(ds.N)]
+        sents = [self._swap_names(ds.toks[i, : ds.word_idx["end"][i] + 2].tolist(), self._names_of(ds, i)) for i in range(ds.N)]
         period = self.tok.encode(".", add_special_tokens=False)
         story: list[tuple[list[int], int]] = []
         for j in range(0, len(sents) - 2, 3):
@@ -107,10 +128,12 @@ class Mixture:
             self.pools[name].extend(items[i] for i in order)
 
     def _repeated(self) -> tuple[list[int], int]:
-        n = int(self.rng.integers(4, 25))
-        half = self.rng.integers(0, 50257, size=n).tolist()
+        """A random block repeated two to four times (after an optional random prefix)."""
+        n = int(self.rng.integers(4, 17))
+        copies = int(self.rng.integers(2, 5))
+        block = self.rng.integers(0, 50257, size=n).tolist()
         prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
-        return prefix + half + half, -1
+        return (prefix + block * copies)[: SEQ - 1], -1
 
     def batch(self, size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
         kind = self.KINDS[self.step % len(self.KINDS)]
@@ -137,7 +160,7 @@ class Mixture:
             toks[i, : len(s)] = torch.tensor(s)
             weight[i, : len(s) - 1] = 1
             if ends[i] >= 0:
-                weight[i, ends[i]] = 8.0  # the name that needs the circuit
+                weight[i, ends[i]] = self.end_weight  # the name that needs the circuit
         return kind, toks, weight
 
 
@@ -153,23 +176,30 @@ def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
 
 
 @torch.no_grad()
-def quick_ioi_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, float]:
+def quick_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, float, float]:
+    """IOI logit difference and accuracy, and the best induction score (HF model, no bridge)."""
     ds = IOIDataset("mixed", N=n, tokenizer=tokenizer, seed=seed)
     logits = model(ds.toks).logits
     rows = torch.arange(n)
     at_end = logits[rows, ds.word_idx["end"]]
     diff = at_end[rows, torch.tensor(ds.io_tokenIDs)] - at_end[rows, torch.tensor(ds.s_tokenIDs)]
-    return diff.mean().item(), (diff > 0).float().mean().item()
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, 50257, (8, 20), generator=gen)
+    att = model(torch.cat([half, half], 1), output_attentions=True).attentions
+    induction = max(a.diagonal(-19, dim1=-2, dim2=-1).mean(dim=(0, -1)).max().item() for a in att)
+    return diff.mean().item(), (diff > 0).float().mean().item(), induction
 
 
-def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None) -> dict:
+def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None,
+          n_layer: int = 6, n_head: int = 8, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, n_neg: int = 2048,
+          name_swap: float = 0.0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = load_tokenizer()
-    model = GPT2LMHeadModel(build_config(dropout))
-    data = Mixture(tokenizer, seed)
+    model = GPT2LMHeadModel(build_config(dropout, n_layer, n_head))
+    data = Mixture(tokenizer, seed, mix, end_weight, name_swap)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     budget = minutes * 60
@@ -189,7 +219,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
             g["lr"] = lr * scale
         model.train()
         _, toks, weights = data.batch(batch)
-        loss = sampled_loss(model, toks, weights, 2048, gen)
+        loss = sampled_loss(model, toks, weights, n_neg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,9 +227,10 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         step += 1
         if step % 100 == 0:
             model.eval()
-            ld, acc = quick_ioi_eval(model, tokenizer, n=100)
-            log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4), "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3)})
-            bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}")
+            ld, acc, ind = quick_eval(model, tokenizer, n=100)
+            log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
+                        "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3), "induction": round(ind, 3)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}", ind=f"{ind:.2f}")
         if max_steps:
             bar.update(1)
         else:
@@ -218,6 +249,12 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "lr": lr,
         "dropout": dropout,
         "seed": seed,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "mix": mix,
+        "end_weight": end_weight,
+        "negatives": n_neg,
+        "name_swap": name_swap,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -236,8 +273,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--mix", default="ioi:6,story:2,repeat:3", help="batch kinds and their shares")
+    p.add_argument("--end-weight", type=float, default=8.0, help="loss weight of the final name")
+    p.add_argument("--negatives", type=int, default=2048, help="random negatives in the sampled softmax")
+    p.add_argument("--name-swap", type=float, default=0.0, help="share of prompts whose names are replaced by random capitalised words")
     a = p.parse_args(argv)
-    info = train(a.out, a.minutes, a.dropout, a.seed, a.batch, a.lr, a.steps)
+    info = train(a.out, a.minutes, a.dropout, a.seed, a.batch, a.lr, a.steps, a.layers, a.heads, a.mix, a.end_weight,
+                 a.negatives, a.name_swap)
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
     print("final quick eval:", info["log"][-1] if info["log"] else None)
 

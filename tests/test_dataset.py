@@ -171,3 +171,11 @@ def test_multi_token_name_is_refused(tok):
     prompts = [{"text": "Then, Zyxwvuts and Mary went home. Zyxwvuts gave a drink to Mary", "IO": "Mary", "S": "Zyxwvuts", "TEMPLATE_IDX": 0}]
     with pytest.raises(ValueError, match="single-token"):
         IOIDataset("mixed", N=1, tokenizer=tok, prompts=prompts)
+
+
+def test_template_lists_with_a_third_name_get_it_filled(tok):
+    from ioi_anomalies.dataset import ABC_TEMPLATES
+
+    ds = IOIDataset(list(ABC_TEMPLATES), N=10, tokenizer=tok, seed=0)
+    assert not any("[C]" in s for s in ds.sentences)
+    assert ds.sentences == IOIDataset("ABC", N=10, tokenizer=tok, seed=0).sentences

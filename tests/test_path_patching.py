@@ -85,3 +85,13 @@ def test_engine_refuses_leftover_hooks(model, ioi, abc):
             PathPatchingEngine(model, ioi, abc, metric)
     finally:
         model.reset_hooks()
+
+
+def test_engine_refuses_a_model_it_cannot_reproduce(tiny_model_dir, ioi, abc):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    raw = TransformerBridge.boot_transformers(str(tiny_model_dir), device="cpu")
+    raw.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    metric = make_logit_diff_metric(ioi)
+    with pytest.raises(ValueError, match="does not reproduce"):
+        PathPatchingEngine(raw, ioi, abc, metric)

@@ -28,6 +28,20 @@ WRONG = {
         ],
         {"test_induction_score", "test_strongest_senders"},
     ),
+    "02_backup_name_movers": (
+        [
+            ("return (clean_scale / ablated_scale).mean().item()", "return (ablated_scale / clean_scale).mean().item()"),
+            ("f_m = logit_diff(model(dataset.toks), dataset).item()\n    return f_c, f_m", "f_m = logit_diff(model(dataset.toks), dataset).item()\n    return f_m, f_c"),
+        ],
+        {"test_ln_ratio", "test_faithfulness"},
+    ),
+    "03_positional_vs_token_signal": (
+        [
+            ('col = 0 if (s2 == flipped.toks[rows, w["S1"]]).all() else 1', 'col = 1 if (s2 == flipped.toks[rows, w["S1"]]).all() else 0'),
+            ("return coef[1].item(), coef[2].item()", "return coef[2].item(), coef[1].item()"),
+        ],
+        {"test_classify_signals", "test_coefficients"},
+    ),
 }
 
 
@@ -94,5 +108,26 @@ def test_autograding_full_zero_and_partial(assignment, tmp_path):
             assert score == 0, (k, score)
         elif k in auto:
             assert score == mx, (k, score)
-    total = sum(s for s, _ in scores["wrong"].values())
+    total = sum(scores["wrong"][k][0] for k in auto)
     assert 0 < total < sum(m for _, m in auto.values())
+
+
+def test_further_directions_notebook_runs(tmp_path):
+    """The ungraded starting points execute top to bottom on the embedded model."""
+    import os
+
+    from nbclient import NotebookClient
+
+    from grader.course import nbgrader_env
+
+    nb = _nb(ROOT / "solutions" / "04_further_directions" / "04_further_directions.ipynb")
+    env = nbgrader_env()
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="ioi-anomalies", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
