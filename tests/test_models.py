@@ -30,6 +30,7 @@ def test_gpt2_small_offline_fails_fast_with_the_alternative(monkeypatch):
 
 def test_auto_choice_falls_back_to_embedded_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("IOI_ANOMALIES_MODEL", raising=False)
     label, source = resolve_model_source(None)
     assert label == EMBEDDED_MODEL
 
@@ -39,3 +40,9 @@ def test_unknown_names_and_bad_dirs(tmp_path):
         load_model("gpt5-giant")
     with pytest.raises(ModelUnavailableError, match="config.json"):
         load_model(tmp_path)
+
+
+def test_environment_variable_picks_the_model(monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("IOI_ANOMALIES_MODEL", str(tiny_model_dir))
+    label, source = resolve_model_source(None)
+    assert source == str(tiny_model_dir)
