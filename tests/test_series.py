@@ -45,6 +45,19 @@ WRONG = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def project_kernel():
+    """The notebooks name the kernel 'ioi-anomalies' (`make setup` installs it); make sure it exists."""
+    import subprocess
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "ioi-anomalies" not in KernelSpecManager().find_kernel_specs():
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "ioi-anomalies",
+                        "--display-name", "Python (ioi-anomalies)"], check=True, capture_output=True)
+
+
 def _nb(path: Path):
     return nbformat.read(path, as_version=4)
 
@@ -76,11 +89,21 @@ def test_release_reproduces_the_committed_notebooks(assignment, tmp_path):
     assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
 
 
+UNGRADED = {"04_further_directions"}
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_graded_exercise_has_points(assignment):
     nb = _nb(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
     graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
-    assert graded and all(c.metadata["nbgrader"]["points"] > 0 for c in graded)
+    if assignment in UNGRADED:
+        assert not graded, "the further directions are ungraded"
+    else:
+        assert graded and all(c.metadata["nbgrader"]["points"] > 0 for c in graded)
+
+
+def test_every_graded_assignment_has_a_wrong_submission_test():
+    assert set(WRONG) == set(ASSIGNMENTS) - UNGRADED
 
 
 @pytest.mark.parametrize("assignment", sorted(WRONG))
