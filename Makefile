@@ -39,4 +39,4 @@ validate: setup
 	IOI_ANOMALIES_MODEL=$${IOI_ANOMALIES_MODEL:-embedded} $(PY) -m grader validate $(NB)
 
 lab: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.kernel_manager_class=jupyter_server.services.kernels.kernelmanager.AsyncMappingKernelManager
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -89,9 +89,16 @@ class Weights:
         x = x - x.mean(-1, keepdim=True)
         return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
 
+    def __post_init__(self):
+        # fused, GEMM-friendly layouts: one matmul for q, k and v; one for the output projection
+        L, H, d, e = self.W_Q.shape
+        self.W_qkv = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).permute(0, 2, 1, 3).reshape(L, d, 3 * H * e).contiguous()
+        self.b_qkv = torch.cat([self.b_Q, self.b_K, self.b_V], dim=1).reshape(L, 3 * H * e)
+        self.W_O_flat = self.W_O.reshape(L, H * e, -1).contiguous()
+
     def act(self, x: Tensor) -> Tensor:
         if self.act_fn in ("gelu_new", "gelu_fast"):
-            return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+            return F.gelu(x, approximate="tanh")
         if self.act_fn == "gelu":
             return F.gelu(x)
         return F.relu(x)
@@ -105,6 +112,29 @@ class Weights:
         W = getattr(self, f"W_{which.upper()}")[layer, heads]
         b = getattr(self, f"b_{which.upper()}")[layer, heads]
         return einops.einsum(self.ln(resid_pre), W, "... s d, h d e -> ... s h e") + b
+
+    def qkv_all(self, layer: int, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of every head at ``layer``, each [..., seq, head, d_head], in one matmul."""
+        x = self.ln(resid_pre) @ self.W_qkv[layer] + self.b_qkv[layer]
+        q, k, v = x.view(*x.shape[:-1], 3, self.n_heads, self.d_head).unbind(-3)
+        return q, k, v
+
+    def attend_fast(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None = None) -> Tensor:
+        """Causal attention with torch's fused kernel; same shapes and result as :meth:`attend`."""
+        lead = q.shape[:-3]
+        qt = q.reshape(-1, *q.shape[-3:]).transpose(1, 2)
+        kt = k.reshape(-1, *k.shape[-3:]).transpose(1, 2)
+        vt = v.reshape(-1, *v.shape[-3:]).transpose(1, 2)
+        if q_pos is None:
+            z = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+        else:
+            mask = torch.arange(k.shape[-3], device=q.device) <= q_pos[..., :, None]  # [N, q, k]
+            mask = mask[:, None].expand(*lead, -1, -1, -1).reshape(-1, 1, *mask.shape[-2:])
+            z = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
+        return z.transpose(1, 2).reshape(*lead, *q.shape[-3:-1], self.d_head)
+
+    def attn_out_all(self, layer: int, z: Tensor) -> Tensor:
+        return z.reshape(*z.shape[:-2], -1) @ self.W_O_flat[layer]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None = None) -> Tensor:
         """Causal attention; ``q_pos`` gives the positions of the queries (default: all)."""
@@ -140,8 +170,8 @@ def forward_clean(w: Weights, toks: Tensor) -> CleanRun:
     pres, outs, zs = [], [], []
     for l in range(w.n_layers):
         pres.append(resid)
-        z = w.attend(w.qkv(l, resid, "q"), w.qkv(l, resid, "k"), w.qkv(l, resid, "v"))
-        out = w.attn_out(l, z) + w.b_O[l]
+        z = w.attend_fast(*w.qkv_all(l, resid))
+        out = w.attn_out_all(l, z) + w.b_O[l]
         zs.append(z)
         outs.append(out)
         mid = resid + out
@@ -274,11 +304,9 @@ class PathPatchingEngine:
                 mid = resid + out
                 resid = mid + w.mlp(l, mid)
                 continue
+            q, k, v = w.qkv_all(l, resid)
             if only_end:
-                q = w.qkv(l, resid[:, rows, self.end][:, :, None], "q")  # [C, N, 1, H, e]
-            else:
-                q = w.qkv(l, resid, "q")
-            k, v = w.qkv(l, resid, "k"), w.qkv(l, resid, "v")
+                q = q[:, rows, self.end][:, :, None]  # [C, N, 1, H, e]
             if l in heads_at:
                 hs = heads_at[l]
                 if which == "q" and only_end:
@@ -286,12 +314,12 @@ class PathPatchingEngine:
                 else:
                     {"q": q, "k": k, "v": v}[which][:, :, :, hs] = patched[l]
             if only_end:
-                z = w.attend(q, k, v, q_pos=self.end[:, None])
-                mid = resid[:, rows, self.end][:, :, None] + w.attn_out(l, z) + w.b_O[l]
+                z = w.attend_fast(q, k, v, q_pos=self.end[:, None])
+                mid = resid[:, rows, self.end][:, :, None] + w.attn_out_all(l, z) + w.b_O[l]
                 final = (mid + w.mlp(l, mid))[:, :, 0]  # [C, N, d]
                 return self.metric.from_end_logits(_end_logits(w, final))
-            z = w.attend(q, k, v)
-            mid = resid + w.attn_out(l, z) + w.b_O[l]
+            z = w.attend_fast(q, k, v)
+            mid = resid + w.attn_out_all(l, z) + w.b_O[l]
             resid = mid + w.mlp(l, mid)
         if self.full_metric:
             logits = w.ln(resid) @ w.W_U + w.b_U
