@@ -86,8 +86,7 @@ class Weights:
 
     # --- pieces of the forward pass (any number of leading batch dims) ---
     def ln(self, x: Tensor) -> Tensor:
-        x = x - x.mean(-1, keepdim=True)
-        return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
 
     def __post_init__(self):
         # fused, GEMM-friendly layouts: one matmul for q, k and v; one for the output projection
@@ -194,7 +193,7 @@ class PathPatchingEngine:
     computes logits at each prompt's ``end`` position, which is much cheaper.
     """
 
-    def __init__(self, model, orig, new, metric: Callable, memory_budget_mb: float = 1024.0):
+    def __init__(self, model, orig, new, metric: Callable, memory_budget_mb: float = 128.0):
         assert_no_hooks(model, "PathPatchingEngine")
         self.model, self.metric = model, metric
         self.w = Weights.of(model)
@@ -368,7 +367,7 @@ def path_patch_heads_to_heads(
     orig,
     new,
     progress: bool = True,
-    memory_budget_mb: float = 1024.0,
+    memory_budget_mb: float = 128.0,
 ) -> Float[Tensor, "sender_layer sender_head"]:
     """Path patching from every single head below the receivers into their ``receiver_input``.
 
