@@ -49,29 +49,14 @@ def mean_ablation_hooks(
     ``positions`` is a LongTensor [batch] (e.g. ``dataset.word_idx["end"]``); ``None`` ablates
     every position. Use with ``model.hooks(fwd_hooks=...)`` or ``model.run_with_hooks``.
     """
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(int(layer), []).append(int(head))
-
-    def make(layer: int, hs: list[int]):
-        def hook(z, hook):
-            m = means[layer].to(z.device)
-            if positions is None:
-                z[:, :, hs] = m[:, :, hs]
-            else:
-                rows = torch.arange(z.shape[0], device=z.device)
-                pos = positions.to(z.device)
-                for h in hs:
-                    z[rows, pos, h] = m[rows, pos, h]
-            return z
-
-        return hook
-
-    return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in sorted(by_layer.items())]
+    heads = list(heads)
+    source = {f"blocks.{l}.attn.hook_z": means[l] for l in {int(l) for l, _ in heads}}
+    return z_patch_hooks(heads, source, positions)
 
 
 def z_patch_hooks(heads: Iterable[Head], new_z: dict[str, Tensor], positions: Tensor | None = None):
-    """Forward hooks that copy the given heads' ``z`` from ``new_z`` (a cache of another run)."""
+    """Forward hooks that copy the given heads' ``z`` from ``new_z`` (``hook_z`` name -> tensor
+    [batch, seq, head, d_head], e.g. a cache of another run), at ``positions`` only if given."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
