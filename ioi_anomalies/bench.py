@@ -92,13 +92,6 @@ def main(argv=None) -> int:
         receivers = circuit["s2 inhibition"]
         row = bench_path_patching("embedded_s_inhibition_values", model, EMBEDDED_MODEL, receivers, "v", a.n, a.seed, a.device)
         print(json.dumps({**row, **machine}), flush=True)
-    if want("autograde_one"):
-        try:
-            from grader.bench import bench_autograde_one
-        except ImportError:
-            pass
-        else:
-            print(json.dumps({**bench_autograde_one(), **machine}), flush=True)
     return 0
 
 
