@@ -12,7 +12,7 @@ from .attribution import component_dla, final_ln_scale, final_ln_scale_ratio, he
 from .circuit import GPT2_SMALL_CIRCUIT, SEQ_POS_TO_KEEP, get_circuit, get_named_heads
 from .dataset import ABC_FLIP, FLIP_GRID, NAMES, IOIDataset
 from .head_scores import generate_repeated_tokens, head_type_scores, repeated_token_loss
-from .hooks import assert_no_hooks, clean_model, count_user_hooks, hook_snapshot, run_and_cache
+from .hooks import assert_no_hooks, count_user_hooks, hook_snapshot, run_and_cache
 from .metrics import EndLogitMetric, baseline_logit_diffs, ioi_metric, logit_diff, make_ioi_metric, make_logit_diff_metric
 from .models import EMBEDDED_MODEL, GPT2_SMALL, ModelUnavailableError, load_model, model_label
 from .patching import path_patch_heads_to_heads_plain, path_patch_senders_plain
@@ -23,7 +23,7 @@ from .tokenizer import encode_plain, load_tokenizer
 __all__ = [
     "ABC_FLIP", "EMBEDDED_MODEL", "FLIP_GRID", "GPT2_SMALL", "GPT2_SMALL_CIRCUIT", "NAMES",
     "IOIDataset", "ModelUnavailableError", "assert_no_hooks", "baseline_logit_diffs",
-    "clean_model", "component_dla", "count_user_hooks", "encode_plain", "final_ln_scale",
+    "component_dla", "count_user_hooks", "encode_plain", "final_ln_scale",
     "final_ln_scale_ratio", "generate_repeated_tokens", "get_circuit", "head_dla",
     "head_type_scores", "hook_snapshot", "imshow", "ioi_metric", "line", "load_model",
     "load_tokenizer", "logit_diff", "logit_diff_directions", "make_ioi_metric",

@@ -8,9 +8,6 @@ managers, which remove them even when an exception escapes.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 
 
@@ -41,16 +38,6 @@ def assert_no_hooks(model, where: str = "") -> None:
             f"{where + ': ' if where else ''}the model has {n} hooks left over on {names[:6]}"
             f"{'...' if len(names) > 6 else ''}. Call model.reset_hooks() before this experiment."
         )
-
-
-@contextmanager
-def clean_model(model) -> Iterator:
-    """Check the model has no stray hooks on entry; leave exactly the hooks found on exit."""
-    assert_no_hooks(model)
-    try:
-        yield model
-    finally:
-        model.reset_hooks(including_permanent=False)
 
 
 def run_and_cache(model, toks: torch.Tensor, names: list[str], fwd_hooks=(), return_logits: bool = True):

@@ -53,7 +53,7 @@ def ioi_metric(
     denom = clean_logit_diff - corrupted_logit_diff
     if abs(denom) < 1e-8:
         raise ValueError("clean and corrupted logit differences are equal: the metric is undefined.")
-    return (logit_diff(logits, dataset) - clean_logit_diff) / denom
+    return EndLogitMetric(dataset, offset=clean_logit_diff, scale=denom)(logits)
 
 
 class EndLogitMetric:
