@@ -271,6 +271,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out, safe_serialization=True)
+    for f in Path(out).iterdir():  # readable by every user, e.g. a grading sandbox's
+        f.chmod(0o644)
     save_tokenizer(out)
     info = {
         "steps": step,

@@ -1,0 +1,206 @@
+"""Autograding a class: every (student, assignment) in its own judge process, JOBS at a time.
+
+Each grade is a JSON file, ``<results>/<assignment>/<student>.json``, written to a temporary name
+and renamed into place, so a crash mid-batch never leaves half a grade and a previous grade stays
+until the new one exists. A re-run skips every submission whose notebook, source and model are
+unchanged (``--force`` regrades), so an interrupted batch resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import ROOT, Config
+from .intake import IntakeError, Source, find_notebook, plan
+
+STATUSES = ("graded", "tampered", "timeout", "crashed", "missing", "invalid_notebook", "grader_error")
+SUBMISSION_LIMIT = 50 << 20  # bytes copied into the sandbox per submission
+
+
+def graded_assignments(cfg: Config) -> list[str]:
+    out = []
+    for d in sorted(p for p in cfg.solutions.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        nb = d / f"{d.name}.ipynb"
+        if nb.exists() and (Source.load(nb).tests or Source.load(nb).manual):
+            out.append(d.name)
+    return out
+
+
+def source_for(cfg: Config, assignment: str) -> Source:
+    return Source.load(cfg.solutions / assignment / f"{assignment}.ipynb", assignment)
+
+
+def read_roster(cfg: Config) -> list[str]:
+    """Student ids from the optional roster (a CSV with a ``student`` or ``id`` column, or one id per line)."""
+    import csv
+
+    if not cfg.roster.exists():
+        return []
+    rows = list(csv.reader(cfg.roster.read_text().splitlines()))
+    if not rows:
+        return []
+    head = [h.strip().lower() for h in rows[0]]
+    col = next((head.index(k) for k in ("student", "id", "student_id") if k in head), None)
+    body = rows[1:] if col is not None else rows
+    col = col or 0
+    return sorted({r[col].strip() for r in body if len(r) > col and r[col].strip()})
+
+
+def students(cfg: Config) -> list[str]:
+    found = {p.name for p in cfg.submitted.iterdir() if p.is_dir() and not p.name.startswith(".")} if cfg.submitted.is_dir() else set()
+    return sorted(found | set(read_roster(cfg)))
+
+
+def submission_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    if folder.is_dir():
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(folder)).encode() + b"\0")
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def result_path(cfg: Config, assignment: str, student: str) -> Path:
+    return cfg.results / assignment / f"{student}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with open(os.devnull, "w"):
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_result(cfg: Config, assignment: str, student: str) -> dict | None:
+    p = result_path(cfg, assignment, student)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def grade_one(cfg: Config, student: str, assignment: str) -> dict:
+    """Grade one submission in this process (the batch runs this in a fresh process per submission)."""
+    source = source_for(cfg, assignment)
+    folder = cfg.submitted / student / assignment
+    base = {
+        "student": student, "assignment": assignment, "score": 0.0,
+        "max_score": sum(c.points for c in source.tests), "manual_max": sum(c.points for c in source.manual),
+        "submission_sha256": submission_digest(folder), "source_sha256": source.digest, "config": cfg.fingerprint(),
+        "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tests": {
+            c.grade_id: {"points": c.points, "score": 0.0, "state": "not graded", "message": "not graded"} for c in source.tests},
+        "answers": {}, "cell_errors": [], "notebook": None,
+    }
+    try:
+        nb_path, nb, notes = find_notebook(folder, source)
+    except IntakeError as e:
+        return {**base, "status": e.status, "reason": e.reason}
+    p = plan(source, nb, nb_path.name)
+    p.notes = notes + p.notes
+    base["notebook"] = str(nb_path.relative_to(folder))
+    base["answers"] = p.answers
+    from .judge import judge_submission
+
+    with tempfile.TemporaryDirectory(prefix="ioi-grade-") as tmp:
+        workdir = Path(tmp) / "work"
+        workdir.mkdir()
+        size = 0
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and not f.is_symlink() and size + f.stat().st_size <= SUBMISSION_LIMIT:
+                size += f.stat().st_size
+                (workdir / f.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, workdir / f.relative_to(folder))
+        out = judge_submission(p, cfg, workdir)
+    tests = out["tests"]
+    return {**base, **out, "score": round(sum(t["score"] for t in tests.values()), 6)}
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m grader.autograde CONFIG_JSON STUDENT ASSIGNMENT OUT``: grade one, write JSON to OUT."""
+    cfg_json, student, assignment, out = argv
+    data = json.loads(cfg_json)
+    cfg = Config(**{k: (Path(v) if k in Config.__dataclass_fields__ and isinstance(Config.__dataclass_fields__[k].default, Path) else v)
+                    for k, v in data.items()})
+    result = grade_one(cfg, student, assignment)
+    Path(out).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return 0
+
+
+def _config_json(cfg: Config) -> str:
+    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+
+
+def run_child(cfg: Config, student: str, assignment: str) -> dict:
+    """Grade in a fresh judge process; a failure of the judge itself becomes a ``grader_error``."""
+    with tempfile.TemporaryDirectory(prefix="ioi-judge-") as tmp:
+        out = Path(tmp) / "result.json"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+                   PLOTLY_RENDERER="json", TQDM_DISABLE="1")
+        cmd = [sys.executable, "-m", "grader.autograde", _config_json(cfg), student, assignment, str(out)]
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + 300)
+            if r.returncode == 0 and out.exists():
+                return json.loads(out.read_text())
+            why = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
+            reason = f"the grader failed on this submission ({why[0][:300]}); it is not the student's fault: re-run autograde"
+        except subprocess.TimeoutExpired:
+            reason = "the grader itself did not finish; re-run autograde"
+    return {"student": student, "assignment": assignment, "status": "grader_error", "reason": reason, "score": 0.0, "tests": {}}
+
+
+def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
+              progress: bool = True) -> list[dict]:
+    """Grade everything submitted (and every roster student) for ``assignments``; returns the results."""
+    from tqdm.auto import tqdm
+
+    assignments = assignments or graded_assignments(cfg)
+    todo, results = [], []
+    for a in assignments:
+        src_digest = source_for(cfg, a).digest
+        for s in only or students(cfg):
+            old = load_result(cfg, a, s)
+            fresh = (old and old.get("status") != "grader_error" and old.get("source_sha256") == src_digest
+                     and old.get("config") == cfg.fingerprint() and old.get("submission_sha256") == submission_digest(cfg.submitted / s / a))
+            if fresh and not force:
+                results.append(old)
+            else:
+                todo.append((s, a))
+    bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs)) as pool:
+        futures = {pool.submit(run_child, cfg, s, a): (s, a) for s, a in todo}
+        for fut in as_completed(futures):
+            s, a = futures[fut]
+            res = fut.result()
+            if res.get("status") == "grader_error" and load_result(cfg, a, s):
+                # keep the previous grade: the new one does not exist
+                res = {**load_result(cfg, a, s), "last_error": res["reason"]}
+            else:
+                write_atomic(result_path(cfg, a, s), json.dumps(res, indent=1, sort_keys=True, default=str))
+            results.append(res)
+            bar.set_postfix_str(f"{s}/{a}: {res['status']}")
+            bar.update()
+    bar.close()
+    return sorted(results, key=lambda r: (r["student"], r["assignment"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main(sys.argv[1:]))

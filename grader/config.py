@@ -1,0 +1,62 @@
+"""The grader's settings: ``grader/grader_config.toml``, overridable per command."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILE = ROOT / "grader" / "grader_config.toml"
+MODELS = ("embedded", "gpt2-small")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "embedded"
+    wall_time_s: float = 600.0
+    memory_gb: float = 6.0
+    processes: int = 64
+    jobs: int = 0
+    sandbox: str = "bwrap"
+    submitted: Path = ROOT / "grader" / "submitted"
+    results: Path = ROOT / "grader" / "results"
+    feedback: Path = ROOT / "grader" / "feedback"
+    grades: Path = ROOT / "grader" / "grades.csv"
+    roster: Path = ROOT / "grader" / "roster.csv"
+    solutions: Path = ROOT / "solutions"
+    extra_env: dict = field(default_factory=dict)
+
+    @property
+    def n_jobs(self) -> int:
+        return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
+
+    def fingerprint(self) -> str:
+        """What a stored grade depends on besides the two notebooks."""
+        return f"model={self.model}"
+
+    def with_(self, **kw) -> "Config":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def load(path: Path | None = None) -> Config:
+    path = Path(path) if path else CONFIG_FILE
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SystemExit(f"{path}: not valid TOML ({e})")
+    paths = data.pop("paths", {})
+    known = {f.name for f in fields(Config)}
+    unknown = set(data) - known
+    if unknown:
+        raise SystemExit(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known - {'extra_env'})}")
+    cfg = Config(**data)
+    cfg = replace(cfg, **{k: (ROOT / v if not Path(v).is_absolute() else Path(v)) for k, v in paths.items()})
+    if cfg.model not in MODELS:
+        raise SystemExit(f"{path}: model must be one of {MODELS}, not {cfg.model!r}")
+    if cfg.sandbox not in ("bwrap", "none"):
+        raise SystemExit(f"{path}: sandbox must be 'bwrap' or 'none', not {cfg.sandbox!r}")
+    return cfg
