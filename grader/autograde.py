@@ -168,7 +168,7 @@ def run_child(cfg: Config, student: str, assignment: str) -> dict:
 
 
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, record: bool = True) -> list[dict]:
     """Grade everything submitted (and every roster student) for ``assignments``; returns the results."""
     from tqdm.auto import tqdm
 
@@ -184,6 +184,11 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
                 results.append(old)
             else:
                 todo.append((s, a))
+    if record:
+        from .gradebook import ensure_assignment
+
+        for a in assignments:
+            ensure_assignment(cfg, a)
     bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs)) as pool:
         futures = {pool.submit(run_child, cfg, s, a): (s, a) for s, a in todo}
@@ -195,6 +200,13 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
                 res = {**load_result(cfg, a, s), "last_error": res["reason"]}
             else:
                 write_atomic(result_path(cfg, a, s), json.dumps(res, indent=1, sort_keys=True, default=str))
+                if record and res.get("notebook"):
+                    from .gradebook import record as record_grade
+
+                    try:
+                        record_grade(cfg, res)
+                    except Exception as e:  # noqa: BLE001 - the result file stands; the mirror is retried next run
+                        res["reason"] = (res.get("reason", "") + f"; gradebook not updated ({type(e).__name__}: {e})").strip("; ")
             results.append(res)
             bar.set_postfix_str(f"{s}/{a}: {res['status']}")
             bar.update()

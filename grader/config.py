@@ -26,6 +26,7 @@ class Config:
     grades: Path = ROOT / "grader" / "grades.csv"
     roster: Path = ROOT / "grader" / "roster.csv"
     solutions: Path = ROOT / "solutions"
+    course: Path = ROOT / "grader" / "course"  # nbgrader's gradebook and the autograded notebooks (formgrader)
     extra_env: dict = field(default_factory=dict)
 
     @property

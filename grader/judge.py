@@ -315,8 +315,9 @@ class Judge:
                         try:
                             self._bind_student_names(conn, step.code)
                             self._exec_trusted(conn, step, share)
-                        except RemoteError as e:
-                            cell_errors.append({"cell": step.name, "ename": e.ename, "evalue": e.evalue, "traceback": e.tb})
+                        except RemoteError as e:  # the student's code failed inside a locked cell
+                            if reply.get("ok"):
+                                cell_errors.append({"cell": step.name, "ename": e.ename, "evalue": e.evalue, "traceback": e.tb})
                 elif step.kind == "student":
                     conn.send("exec", code=step.code, name=step.name)
                     reply = conn.recv()
