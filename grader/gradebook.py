@@ -42,8 +42,13 @@ def _retry(fn, attempts: int = 20):
 
 @contextlib.contextmanager
 def gradebook(course: Path):
+    import os
+
     from nbgrader.api import Gradebook
 
+    bindir = str(Path(sys.executable).parent)  # nbgrader runs alembic from the environment's bin/
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     course.mkdir(parents=True, exist_ok=True)
     gb = _retry(lambda: Gradebook(db_url(course)))
     try:
@@ -56,12 +61,16 @@ def ensure_assignment(cfg: Config, assignment: str) -> None:
     """Register the assignment's cells in the gradebook (nbgrader generate_assignment, released aside)."""
     from nbgrader.api import MissingEntry
 
-    with gradebook(cfg.course) as gb:
-        try:
-            gb.find_assignment(assignment)
-            return
-        except MissingEntry:
-            pass
+    def known() -> bool:
+        with gradebook(cfg.course) as gb:
+            try:
+                gb.find_assignment(assignment)
+                return True
+            except MissingEntry:
+                return False
+
+    if _retry(known):
+        return
     with tempfile.TemporaryDirectory() as tmp:
         env_path = str(Path(sys.executable).parent)
         import os

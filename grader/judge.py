@@ -211,8 +211,12 @@ class Conn:
             tail = self.log.read_text(errors="replace")[-600:].strip()
         except OSError:
             pass
-        if code is not None and code < 0:
-            why = f"killed by {signal.Signals(-code).name}"
+        sig = -code if code is not None and code < 0 else code - 128 if code is not None and 128 < code < 160 else None
+        if sig is not None:  # bubblewrap passes a signal on as 128 + its number
+            try:
+                why = f"killed by {signal.Signals(sig).name}"
+            except ValueError:
+                why = f"killed by signal {sig}"
         elif code == 1 and "Killed" in tail:
             why = "killed (out of memory?)"
         else:
