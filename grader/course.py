@@ -1,7 +1,7 @@
-"""A throwaway nbgrader course: release, submit, autograde and read the scores.
+"""A throwaway nbgrader course to release assignments into.
 
-Used by the tests of the series and by ``make validate``-style checks; the full instructor
-pipeline lives in the rest of ``grader/``.
+Used by the tests of the series to check that ``make release`` reproduces ``notebooks/``; grading
+itself is the rest of ``grader/``.
 """
 
 from __future__ import annotations
@@ -54,25 +54,3 @@ def release_into(root: Path, assignment: str) -> Path:
     write_config(root)
     run_nbgrader(root, "generate_assignment", assignment, "--force")
     return root / "release" / assignment
-
-
-def autograde(root: Path, assignment: str, submissions: dict[str, Path], env: dict | None = None) -> dict[str, dict[str, tuple[float, float]]]:
-    """Grade each student's notebook; returns ``{student: {grade_id: (score, max_score)}}``."""
-    from nbgrader.api import Gradebook
-
-    for student, nb in submissions.items():
-        dest = root / "submitted" / student / assignment
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(nb, dest / f"{assignment}.ipynb")
-    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
-        for student in submissions:
-            gb.update_or_create_student(student)
-    for student in submissions:
-        run_nbgrader(root, "autograde", assignment, "--force", f"--student={student}", env=env)
-    scores: dict[str, dict[str, tuple[float, float]]] = {}
-    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
-        for student in submissions:
-            sub = gb.find_submission(assignment, student)
-            nb = sub.notebooks[0]
-            scores[student] = {g.name: (g.score, g.max_score) for g in nb.grades if g.max_score}
-    return scores

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.course import ROOT, autograde, release_into
+from grader.course import ROOT, release_into
 
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
 
@@ -108,7 +108,10 @@ def test_every_graded_assignment_has_a_wrong_submission_test():
 
 @pytest.mark.parametrize("assignment", sorted(WRONG))
 def test_autograding_full_zero_and_partial(assignment, tmp_path):
-    released = release_into(tmp_path, assignment)
+    """The project's grader (sandboxed, tests judged outside the student's process) on the real notebooks."""
+    from grader.autograde import autograde as grade_class
+    from grader.config import Config
+
     solution = ROOT / "solutions" / assignment / f"{assignment}.ipynb"
     edits, failing = WRONG[assignment]
     wrong = _nb(solution)
@@ -116,23 +119,20 @@ def test_autograding_full_zero_and_partial(assignment, tmp_path):
         hits = [c for c in wrong.cells if old in c.source]
         assert len(hits) == 1, f"edit target not found once: {old!r}"
         hits[0].source = hits[0].source.replace(old, new)
-    wrong_path = tmp_path / "wrong.ipynb"
-    nbformat.write(wrong, wrong_path)
-    scores = autograde(tmp_path, assignment, {
-        "correct": solution,
-        "untouched": released / f"{assignment}.ipynb",
-        "wrong": wrong_path,
-    })
-    auto = {k: v for k, v in scores["correct"].items() if k.startswith("test_")}
-    assert auto and all(score == mx for score, mx in auto.values()), scores["correct"]
-    assert all(scores["untouched"][k][0] == 0 for k in auto), scores["untouched"]
-    for k, (score, mx) in scores["wrong"].items():
-        if k in failing:
-            assert score == 0, (k, score)
-        elif k in auto:
-            assert score == mx, (k, score)
-    total = sum(scores["wrong"][k][0] for k in auto)
-    assert 0 < total < sum(m for _, m in auto.values())
+    cfg = Config(submitted=tmp_path / "submitted", results=tmp_path / "results", course=tmp_path / "course",
+                 grades=tmp_path / "grades.csv", roster=tmp_path / "roster.csv", jobs=2)
+    for student, nb in {"correct": _nb(solution), "untouched": _nb(ROOT / "notebooks" / assignment / f"{assignment}.ipynb"),
+                        "wrong": wrong}.items():
+        (cfg.submitted / student / assignment).mkdir(parents=True)
+        nbformat.write(nb, cfg.submitted / student / assignment / f"{assignment}.ipynb")
+    results = {r["student"]: r for r in grade_class(cfg, [assignment], progress=False, record=False)}
+    tests = results["correct"]["tests"]
+    assert tests and all(t["state"] == "passed" for t in tests.values()), {k: t["message"] for k, t in tests.items()}
+    assert results["correct"]["status"] == results["untouched"]["status"] == results["wrong"]["status"] == "graded"
+    assert all(t["score"] == 0 for t in results["untouched"]["tests"].values()), results["untouched"]["tests"]
+    for k, t in results["wrong"]["tests"].items():
+        assert t["score"] == (0 if k in failing else t["points"]), (k, t)
+    assert 0 < results["wrong"]["score"] < results["correct"]["score"] == results["correct"]["max_score"]
 
 
 def test_further_directions_notebook_runs(tmp_path):
