@@ -6,7 +6,18 @@ STAMP := $(VENV)/.installed
 MODEL ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo bench clean release validate lab
+JOBS ?=
+.PHONY: setup system-deps test demo bench bench-grader clean release validate lab autograde feedback export formgrader manual-sheet manual-import examples report
+
+# bubblewrap sandboxes student code while it is graded; chromium checks the web report.
+SYSTEM_PACKAGES := bubblewrap chromium chromium-driver
+system-deps:
+	@missing=""; for b in bwrap chromium chromedriver; do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(SYSTEM_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "note: install $(SYSTEM_PACKAGES) (e.g. sudo apt-get install $(SYSTEM_PACKAGES)); grading and the report need them"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,19 +28,52 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name ioi-anomalies --display-name "Python (ioi-anomalies)" >/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The model at work, then the instructor's tour: release, grade the example class, print the table.
 demo: setup
 	$(PY) -m ioi_anomalies.demo $(if $(MODEL),--model $(MODEL),) --out demo-output
+	HF_HUB_OFFLINE=1 $(PY) -m grader demo $(if $(JOBS),--jobs $(JOBS),)
 
 clean:
 	rm -rf $(VENV) build demo-output
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m ioi_anomalies.bench $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only one
+
+bench-grader: setup
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only jobs $(BENCH_ARGS)
+
+# The instructor's grading commands (settings: grader/grader_config.toml; python -m grader --help).
+autograde: setup
+	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(ASSIGNMENTS)
+
+feedback: setup
+	$(PY) -m grader feedback $(ASSIGNMENTS)
+
+export: setup
+	$(PY) -m grader export $(ASSIGNMENTS)
+
+manual-sheet: setup
+	$(PY) -m grader manual-sheet $(ASSIGNMENTS)
+
+manual-import: setup
+	@test -n "$(FILE)" || (echo "usage: make manual-import FILE=grader/manual_grades.csv" && exit 2)
+	$(PY) -m grader manual-import $(FILE)
+
+formgrader: setup
+	$(PY) -m grader formgrader
+
+# Every solution notebook executed and rendered to build/report/ (offline HTML).
+report: setup
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m grader.report
+
+examples: setup
+	$(PY) -m grader.examples
 
 release: setup
 	$(PY) -m grader release $(ASSIGNMENTS)

@@ -182,6 +182,8 @@ def main(argv=None) -> int:
     mi.add_argument("file")
     for k in ("submitted", "results", "course", "roster"):
         mi.add_argument(f"--{k}")
+    dm = sub.add_parser("demo", help="the instructor's tour: release, grade the example class in grader/examples/, print the table")
+    dm.add_argument("--jobs", type=int)
     fg = sub.add_parser("formgrader", help="serve nbgrader's formgrader in JupyterLab")
     fg.add_argument("--course")
     a = p.parse_args(argv)
@@ -190,6 +192,10 @@ def main(argv=None) -> int:
         return release(a.assignments)
     if a.cmd == "validate":
         return validate(a.notebook)
+    if a.cmd == "demo":
+        from .examples import demo
+
+        return demo(jobs=a.jobs)
     return {"autograde": cmd_autograde, "export": cmd_export, "feedback": cmd_feedback, "manual-sheet": cmd_manual_sheet,
             "manual-import": cmd_manual_import, "formgrader": cmd_formgrader}[a.cmd](a)
 

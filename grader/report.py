@@ -1,0 +1,174 @@
+"""``make report``: the executed series as a static web report that works offline.
+
+Every solution notebook runs top to bottom on the available model (the embedded one unless
+``IOI_ANOMALIES_MODEL`` says otherwise) and becomes one page under ``build/report/``, with an
+index. Plotly figures are drawn by a local copy of plotly.js, circuitsvis views by circuitsvis's
+own bundled script, both in ``build/report/assets/``: the pages load nothing from the network.
+The student notebooks link to their page as the expected output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from .config import ROOT
+
+OUT = ROOT / "build" / "report"
+KERNEL = "ioi-anomalies"
+# The kernel renders plotly figures as JSON (drawn here) and circuitsvis views with its local script.
+PRELUDE = (
+    "import plotly.io as _pio\n_pio.renderers.default = 'plotly_mimetype'\n"
+    "import circuitsvis.utils.render as _cv_render\n_cv_render.internet_on = lambda: False\n"
+)
+_CSS = """
+body{font-family:system-ui,-apple-system,sans-serif;max-width:70rem;margin:1.5rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}
+pre{background:#f6f8fa;padding:.6rem .8rem;overflow-x:auto;font-size:.85rem;border-radius:4px}
+.code pre{border-left:3px solid #8fb3e0}.out pre{background:#fff;border-left:3px solid #ccc}
+.err pre{background:#fff0f0;border-left:3px solid #d33}nav a{margin-right:1rem}
+.plot{width:100%;min-height:420px}img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem}
+"""
+
+
+def _assets(out: Path) -> tuple[str, str]:
+    import circuitsvis
+    import plotly
+
+    assets = out / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    shutil.copy(plotly_js, assets / "plotly.min.js")
+    cv_js = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    shutil.copy(cv_js, assets / "circuitsvis.js")
+    return "assets/plotly.min.js", "assets/circuitsvis.js"
+
+
+def _cv_inline() -> str:
+    import circuitsvis
+
+    return (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8").replace("</script>", "")
+
+
+def execute(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE, id="report-prelude"))
+    env_before = dict(os.environ)
+    os.environ.setdefault("IOI_ANOMALIES_MODEL", "embedded")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["TQDM_DISABLE"] = "1"
+    t0 = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, allow_errors=False,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    nb.cells.pop(0)
+    return nb, time.perf_counter() - t0
+
+
+def _markdown(src: str) -> str:
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    src = re.sub(r"=== BEGIN MARK SCHEME ===.*?=== END MARK SCHEME ===", "", src, flags=re.S)
+    return markdown2html_mistune(src)
+
+
+def _strip_markers(src: str) -> str:
+    return "\n".join(line for line in src.splitlines() if not re.match(r"\s*### (BEGIN|END) (SOLUTION|HIDDEN TESTS)", line))
+
+
+def _ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def render(nb, title: str, nav: str, cv_inline: str) -> str:
+    e = html.escape
+    body = []
+    n_plot = 0
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            body.append(f"<div class='md'>{_markdown(cell.source)}</div>")
+            continue
+        if cell.cell_type != "code":
+            continue
+        body.append(f"<div class='code'><pre>{e(_strip_markers(cell.source))}</pre></div>")
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                body.append(f"<div class='out'><pre>{e(_ansi(out.get('text', '')))}</pre></div>")
+            elif kind == "error":
+                body.append(f"<div class='err'><pre>{e(_ansi(chr(10).join(out.get('traceback', []))))}</pre></div>")
+            elif kind in ("display_data", "execute_result"):
+                data = out.get("data", {})
+                if "application/vnd.plotly.v1+json" in data:
+                    fig = data["application/vnd.plotly.v1+json"]
+                    n_plot += 1
+                    div = f"plot-{n_plot}"
+                    spec = json.dumps({"data": fig.get("data", []), "layout": fig.get("layout", {})}).replace("</", "<\\/")
+                    body.append(f"<div id='{div}' class='plot'></div><script>(function(){{var f={spec};"
+                                f"Plotly.newPlot('{div}', f.data, f.layout, {{responsive: true}});}})();</script>")
+                elif "text/html" in data:
+                    h = data["text/html"]
+                    h = h.replace(cv_inline, "") if cv_inline and cv_inline[:200] in h else h
+                    body.append(f"<div class='out'>{h}</div>")
+                elif "image/png" in data:
+                    body.append(f"<div class='out'><img alt='figure' src='data:image/png;base64,{data['image/png']}'></div>")
+                elif "text/plain" in data:
+                    body.append(f"<div class='out'><pre>{e(data['text/plain'])}</pre></div>")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{e(title)}</title><style>{_CSS}</style>"
+            "<script src='assets/plotly.min.js'></script><script src='assets/circuitsvis.js'></script></head>"
+            f"<body><nav>{nav}</nav>{''.join(body)}</body></html>")
+
+
+def build(out: Path = OUT, assignments: list[str] | None = None) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    names = assignments or sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
+    out.mkdir(parents=True, exist_ok=True)
+    _assets(out)
+    cv_inline = _cv_inline()
+    nav = "<a href='index.html'>Index</a>" + "".join(f"<a href='{n}.html'>{html.escape(n)}</a>" for n in names)
+    pages = []
+    for name in tqdm(names, desc="executing notebooks", unit="notebook"):
+        nb, seconds = execute(ROOT / "solutions" / name / f"{name}.ipynb")
+        (out / f"{name}.html").write_text(render(nb, name, nav, cv_inline), encoding="utf-8")
+        outputs = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        figs = [d["application/vnd.plotly.v1+json"] for d in outputs if "application/vnd.plotly.v1+json" in d]
+        titles = [((f.get("layout", {}).get("title") or {}).get("text") or "") for f in figs]
+        pages.append({"name": name, "page": f"{name}.html", "seconds": round(seconds, 1), "plots": len(figs), "titles": titles,
+                      "views": sum(d.get("text/html", "").count("id=\"circuits-vis-") for d in outputs)})
+    model = os.environ.get("IOI_ANOMALIES_MODEL", "embedded")
+    rows = "".join(f"<tr><td><a href='{p['page']}'>{html.escape(p['name'])}</a></td><td>{p['plots']}</td><td>{p['seconds']} s</td></tr>" for p in pages)
+    (out / "index.html").write_text(
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>IOI anomalies: expected outputs</title><style>{_CSS}</style></head>"
+        f"<body><h1>IOI anomalies: expected outputs</h1><p>Every solution notebook, executed on the {html.escape(model)} model.</p>"
+        f"<table><tr><th>notebook</th><th>figures</th><th>run time</th></tr>{rows}</table></body></html>", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"model": model, "pages": pages}, indent=1))
+    return pages
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("assignments", nargs="*")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+    pages = build(a.out, a.assignments or None)
+    print(f"report: {a.out / 'index.html'} ({len(pages)} pages)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
