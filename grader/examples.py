@@ -92,7 +92,7 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
 
     if workdir.exists():
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    (workdir / "course").mkdir(parents=True)
     print("1. release: solutions/ -> student notebooks (nbgrader generate_assignment)")
     import os
 

@@ -82,6 +82,7 @@ def _markdown(src: str) -> str:
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
     src = re.sub(r"=== BEGIN MARK SCHEME ===.*?=== END MARK SCHEME ===", "", src, flags=re.S)
+    src = re.sub(r"\(\.\./\.\./build/report/([\w.-]+\.html)\)", r"(\1)", src)  # notebook -> report links, seen from the report
     return markdown2html_mistune(src)
 
 

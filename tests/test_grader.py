@@ -351,3 +351,33 @@ def test_cli_help_and_bad_input():
     assert out.returncode == 0 and "autograde" in out.stdout and "manual-import" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "grader", "manual-import", "/nonexistent.csv"], capture_output=True, text=True)
     assert bad.returncode == 1 and "cannot be read" in bad.stderr
+
+
+def test_bundled_examples_are_current(tmp_path):
+    """grader/examples/ is generated from the solution and the released notebook (`make examples`)."""
+    from grader.examples import EXAMPLES, build
+
+    build(tmp_path / "ex")
+    made = sorted(p.relative_to(tmp_path / "ex") for p in (tmp_path / "ex").rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file()), "run `make examples`"
+    for rel in made:
+        assert (tmp_path / "ex" / rel).read_bytes() == (EXAMPLES / rel).read_bytes(), f"{rel} is stale: run `make examples`"
+
+
+def test_demo_grades_the_example_class_as_expected(tmp_path):
+    """`make demo`'s tour on the real first notebook: full, partial, broken, hostile, tampered, missing."""
+    from grader.examples import ASSIGNMENT, demo
+
+    assert demo(workdir=tmp_path / "demo") == 0
+    ben = json.loads((tmp_path / "demo" / "results" / ASSIGNMENT / "ben.json").read_text())
+    failed = {k for k, t in ben["tests"].items() if t["state"] != "passed"}
+    assert failed == {"test_induction_score", "test_strongest_senders"}
+    rows = list(csv.DictReader((tmp_path / "demo" / "grades.csv").read_text().splitlines()))
+    assert {r["student"]: r["status"] for r in rows} == {
+        "ada": "graded", "ben": "graded", "cy": "invalid_notebook", "dee": "graded", "eli": "tampered", "fay": "missing"}
+    page = (tmp_path / "demo" / "feedback" / "ben" / ASSIGNMENT / "feedback.html").read_text()
+    import html
+
+    message = ben["tests"]["test_induction_score"]["message"]
+    assert "induction_score" in message and html.escape(message) in page
+    assert "BEGIN HIDDEN" not in page and "diagonal_score" not in page

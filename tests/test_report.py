@@ -81,6 +81,8 @@ def test_page_renders_in_chromium_without_errors(report, browser, name):
         if state["ready"] == "complete" and all(p["drawn"] for p in state["plots"]) and all(state["views"]):
             break
         time.sleep(0.5)
+    browser.execute_script("const f = document.querySelector('div.plot, div[id^=\"circuits-vis-\"]'); if (f) f.scrollIntoView();")
+    time.sleep(0.3)
     shots = out / "screenshots"
     shots.mkdir(exist_ok=True)
     browser.save_screenshot(str(shots / f"{name}.png"))
@@ -91,3 +93,11 @@ def test_page_renders_in_chromium_without_errors(report, browser, name):
     assert [p["title"] for p in state["plots"]] == page["titles"] and all(page["titles"]), (state["plots"], page["titles"])
     assert len(state["views"]) == page["views"] and all(state["views"]), state["views"]
     assert (shots / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_student_notebooks_link_their_report_page(name):
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    assert f"](../../build/report/{name}.html)" in nb.cells[0].source, "the intro links the expected output"
