@@ -110,6 +110,8 @@ class Conn:
             self.shared[name + ".tokenizer"], self.shared_ids[id(tok)] = tok, name + ".tokenizer"
 
     def send(self, op: str, **args) -> None:
+        import torch
+
         buf = io.BytesIO()
         conn = self
 
@@ -117,6 +119,8 @@ class Conn:
             def persistent_id(self, obj):
                 if isinstance(obj, Handle):
                     return ("handle", obj._id)
+                if isinstance(obj, torch.nn.Module) and isinstance(getattr(obj, "recipe", None), tuple):
+                    return ("recipe", obj.recipe)  # a model the worker can rebuild, e.g. random_model(...)
                 name = conn.shared_ids.get(id(obj))
                 if name is not None and conn.shared.get(name) is obj:
                     return ("shared", name)

@@ -28,6 +28,7 @@ import traceback
 
 OUTPUT_LIMIT = 20_000
 SAFE_SCALARS = (type(None), bool, int, float, str, complex)
+RECIPES = {"random_model"}
 
 
 class _Capped(io.StringIO):
@@ -47,6 +48,7 @@ class Worker:
         self.handles: dict[int, object] = {}
         self.shared: dict[str, object] = {}  # name -> object made by a trusted cell, as the judge has it
         self.shared_ids: dict[int, str] = {}
+        self.recipes: dict[tuple, object] = {}
 
     # ---- transport
     def recv(self):
@@ -185,6 +187,16 @@ class _Unpickler(pickle.Unpickler):
             return self.worker.shared[key]
         if kind == "handle":
             return self.worker.handles[key]
+        if kind == "recipe":  # a model the judge made by a deterministic recipe: make the same one here
+            name, kwargs = key
+            if name not in RECIPES:
+                raise pickle.UnpicklingError(f"unknown model recipe {name!r}")
+            cache_key = (name, tuple(sorted(kwargs.items())))
+            if cache_key not in self.worker.recipes:
+                import importlib
+
+                self.worker.recipes[cache_key] = getattr(importlib.import_module("ioi_anomalies.models"), name)(**kwargs)
+            return self.worker.recipes[cache_key]
         raise pickle.UnpicklingError(f"unknown reference {pid!r}")
 
 

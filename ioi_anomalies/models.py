@@ -169,3 +169,48 @@ def model_label(model) -> str:
         return label
     path = getattr(getattr(model, "tokenizer", None), "name_or_path", "") or ""
     return Path(path).name or "unknown"
+
+
+def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: int = 0, device: str | torch.device = "cpu"):
+    """A small GPT-2 with random weights, loaded like every other model (a bridge in compatibility mode).
+
+    For checking that code is general: the same arguments always give the same weights. Weights
+    are drawn larger than GPT-2's initialisation so attention patterns and patching effects are far
+    from uniform and zero, and LayerNorm weights are non-trivial so that folding them matters.
+    The directory is cached under the project's cache folder; the model remembers its recipe
+    (``model.recipe``), which the grader uses to rebuild the same model in the student's process.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .tokenizer import _cache_root, save_tokenizer
+
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+    recipe = {"n_layers": n_layers, "n_heads": n_heads, "d_model": d_model, "seed": seed}
+    path = _cache_root() / f"random-gpt2-{n_layers}L{n_heads}H{d_model}d-seed{seed}"
+    if not (path / "model.safetensors").exists():
+        gen = torch.Generator().manual_seed(seed)
+        cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=128, n_inner=2 * d_model)
+        torch.manual_seed(seed)
+        hf = GPT2LMHeadModel(cfg)
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if p.ndim == 2 and "wte" not in name and "wpe" not in name:
+                    p.mul_(8.0)
+                elif "ln" in name:
+                    p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".random-"))
+        hf.save_pretrained(tmp)
+        save_tokenizer(tmp)
+        try:
+            tmp.rename(path)  # another process may have made it meanwhile: theirs is the same
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    model = load_model(path, device=device, verbose=False)
+    model.model_label = f"random GPT-2 ({n_layers}L x {n_heads}H, seed {seed})"
+    model.recipe = ("random_model", recipe)
+    return model

@@ -4,6 +4,7 @@ same loader path as GPT-2 small (the embedded trained model has its own tests)."
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,32 +12,20 @@ import pytest
 import torch
 
 from ioi_anomalies import ABC_FLIP, IOIDataset, load_model
-from ioi_anomalies.tokenizer import save_tokenizer
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_model(tmp_path_factory):
+    """A random 3-layer, 4-head GPT-2 (``random_model``), built in this session's own cache."""
+    os.environ["IOI_ANOMALIES_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    from ioi_anomalies import random_model
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=3, n_head=4, n_embd=64, n_positions=128, n_inner=128)
-    model = GPT2LMHeadModel(cfg)
-    # a larger init than GPT-2's makes attention patterns and effects far from uniform/zero
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and "wte" not in name and "wpe" not in name:
-                p.mul_(8.0)
-            elif "ln" in name:  # non-trivial LayerNorm weights, so folding them matters
-                p.add_(0.3 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(path)
-    save_tokenizer(path)
-    return path
+    return random_model(n_layers=3, n_heads=4, d_model=64, seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu", verbose=False)
+def tiny_model_dir(tiny_model):
+    return Path(tiny_model.tokenizer.name_or_path)
 
 
 @pytest.fixture()
