@@ -145,12 +145,11 @@ def cmd_manual_import(a) -> int:
 
 def cmd_formgrader(a) -> int:
     cfg = _cfg(a)
-    args = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={ROOT}", "--ServerApp.open_browser=False",
-            f"--CourseDirectory.db_url=sqlite:///{cfg.course / 'gradebook.db'}"]
+    args = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={ROOT}", "--ServerApp.open_browser=False"]
     if os.getuid() == 0:
         args.append("--allow-root")
     print("formgrader: open the URL below, then Nbgrader -> Formgrader (Manage Assignments / Manual Grading)")
-    return subprocess.call(args, cwd=ROOT, env=_env())
+    return subprocess.call(args, cwd=ROOT, env={**_env(), "IOI_GRADER_COURSE": str(cfg.course)})
 
 
 def main(argv=None) -> int:
