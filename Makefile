@@ -82,5 +82,6 @@ validate: setup
 	@test -n "$(NB)" || (echo "usage: make validate NB=notebooks/<assignment>/<assignment>.ipynb" && exit 2)
 	IOI_ANOMALIES_MODEL=$${IOI_ANOMALIES_MODEL:-embedded} $(PY) -m grader validate $(NB)
 
+# JupyterLab on the repository (opening notebooks/), so the notebooks' links to build/report/ resolve.
 lab: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
