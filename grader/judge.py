@@ -326,6 +326,9 @@ class Judge:
                         except RemoteError as e:  # the student's code failed inside a locked cell
                             if reply.get("ok"):
                                 cell_errors.append({"cell": step.name, "ename": e.ename, "evalue": e.evalue, "traceback": e.tb})
+                        except GraderError as e:  # a locked cell fed with the student's answers: their answers' fault
+                            if reply.get("ok"):
+                                cell_errors.append({"cell": step.name, "ename": "Error", "evalue": str(e), "traceback": ""})
                 elif step.kind == "student":
                     conn.send("exec", code=step.code, name=step.name)
                     reply = conn.recv()

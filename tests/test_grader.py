@@ -35,7 +35,9 @@ TEST_DOUBLE = ('check_close(double(X), 2 * X, "double of X")\n### BEGIN HIDDEN T
 MEANS = "def row_means(x):\n    ### BEGIN SOLUTION\n    return x.mean(dim=1)\n    ### END SOLUTION"
 TEST_MEANS = ('assert row_means(X).shape == (2,), "one mean per row"\n### BEGIN HIDDEN TESTS\n'
               'Y = torch.randn(3, 7, generator=torch.Generator().manual_seed(2))\n'
-              'check_close(row_means(Y), Y.mean(dim=1), "row means of a random tensor")\n### END HIDDEN TESTS')
+              'check_close(row_means(Y), Y.mean(dim=1), "row means of a random tensor")\n'
+              'assert M.shape == (2,), "M (the locked cell\'s use of row_means) has one entry per row"\n### END HIDDEN TESTS')
+USE_MEANS = "M = row_means(X) + 0  # a locked cell that uses the student's answer"
 EXPLAIN = "Why?\n\n=== BEGIN MARK SCHEME ===\nBecause.\n=== END MARK SCHEME ==="
 
 
@@ -55,6 +57,7 @@ def source_notebook():
         nbformat.v4.new_code_cell(DOUBLE, id="toy-02", metadata=_meta("double", solution=True)),
         nbformat.v4.new_code_cell(TEST_DOUBLE, id="toy-03", metadata=_meta("test_double", grade=True, locked=True, points=1)),
         nbformat.v4.new_code_cell(MEANS, id="toy-04", metadata=_meta("means", solution=True)),
+        nbformat.v4.new_code_cell(USE_MEANS, id="toy-045", metadata=_meta("use_means", locked=True)),
         nbformat.v4.new_code_cell(TEST_MEANS, id="toy-05", metadata=_meta("test_row_means", grade=True, locked=True, points=2)),
         nbformat.v4.new_markdown_cell(EXPLAIN, id="toy-06", metadata=_meta("explain", grade=True, solution=True, points=2)),
     ]
@@ -325,21 +328,30 @@ def test_rerun_resumes_regrades_changes_and_keeps_old_grades_on_grader_failure(g
     assert load_result(cfg, A, "correct")["score"] == 3.0
 
 
-def test_grading_is_deterministic_and_survives_a_locked_gradebook(tmp_path):
-    cfg = make_course(tmp_path, wall_time_s=120, jobs=1)
-    submit(cfg, "a", variant(replace("means", "def row_means(x):\n    return x.sum(dim=1)")), "toy.ipynb")
-    first = autograde(cfg, [A], progress=False)[0]
+def test_grading_is_deterministic(graded):
+    cfg, results, _ = graded
+    again = autograde(cfg, [A], only=["monkeypatch"], force=True, progress=False)[0]
+    keep = ("status", "score", "tests", "reason")
+    assert {k: again[k] for k in keep} == {k: results["monkeypatch"][k] for k in keep}
+
+
+def test_a_locked_gradebook_is_waited_for_not_corrupted(graded):
+    from grader.gradebook import gradebook, record
+
+    cfg, results, _ = graded
     db = sqlite3.connect(cfg.course / "gradebook.db", timeout=0, check_same_thread=False, isolation_level=None)
-    db.execute("BEGIN EXCLUSIVE")
-    threading.Timer(4.0, db.rollback).start()  # another process holds the gradebook for a while
-    second = autograde(cfg, [A], force=True, progress=False)[0]
-    keep = ("status", "score", "tests")
-    assert {k: first[k] for k in keep} == {k: second[k] for k in keep}
-    assert "gradebook not updated" not in second.get("reason", "")
+    db.execute("BEGIN EXCLUSIVE")  # another process holds the gradebook for a while
+    threading.Timer(3.0, db.rollback).start()
+    t0 = time.monotonic()
+    record(cfg, results["wrong"])
+    assert time.monotonic() - t0 >= 2.5, "the write waited for the lock"
+    with gradebook(cfg.course) as gb:
+        assert gb.find_grade("test_row_means", A, A, "wrong").auto_score == 0.0
+        assert gb.find_grade("test_double", A, A, "wrong").auto_score == 1.0
 
 
 def test_a_hang_times_out_with_a_clear_status(tmp_path):
-    cfg = make_course(tmp_path, wall_time_s=25, jobs=1)
+    cfg = make_course(tmp_path, wall_time_s=15, jobs=1)
     submit(cfg, "hang", variant(replace("means", "while True:\n    pass")), "toy.ipynb")
     r = autograde(cfg, [A], progress=False)[0]
     assert r["status"] == "timeout" and r["score"] == 1.0, r
@@ -381,3 +393,15 @@ def test_demo_grades_the_example_class_as_expected(tmp_path):
     message = ben["tests"]["test_induction_score"]["message"]
     assert "induction_score" in message and html.escape(message) in page
     assert "BEGIN HIDDEN" not in page and "diagonal_score" not in page
+
+
+def test_validate_exits_non_zero_on_failure_and_zero_on_success(tmp_path):
+    """`make validate NB=...` (python -m grader validate) is a student's self-check."""
+    solved, broken = tmp_path / "solved.ipynb", tmp_path / "untouched.ipynb"
+    nbformat.write(variant(), solved)
+    nbformat.write(variant(untouched), broken)
+    cmd = [sys.executable, "-m", "grader", "validate"]
+    bad = subprocess.run(cmd + [str(broken)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "NotImplementedError" in bad.stdout, bad.stdout[-2000:] + bad.stderr[-2000:]
+    good = subprocess.run(cmd + [str(solved)], capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0 and "all visible tests pass" in good.stdout, good.stdout[-2000:] + good.stderr[-2000:]
