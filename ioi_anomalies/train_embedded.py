@@ -1,6 +1,8 @@
 """Train the embedded model: a small GPT-2 that does indirect object identification offline.
 
-    python -m ioi_anomalies.train_embedded [--out DIR] [--steps 2400] [--dropout 0.0] ...
+    python -m ioi_anomalies.train_embedded [--out DIR] [--steps 3000] [--dropout 0.0] ...
+
+The defaults are the recipe of the shipped model (its ``training.json`` records them).
 
 A GPT-2-architecture model (4 layers x 8 heads, d_model 128, GPT-2's tokenizer and vocabulary,
 tied embeddings) trained from nothing on the CPU, deterministically (fixed seeds, a fixed number
@@ -302,14 +304,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=embedded_model_dir(), help="output directory (default: the packaged model)")
     p.add_argument("--minutes", type=float, default=14.0, help="wall-clock budget, used only with --steps 0")
-    p.add_argument("--steps", type=int, default=2400, help="training steps (deterministic); 0 = train for --minutes")
+    p.add_argument("--steps", type=int, default=3000, help="training steps (deterministic); 0 = train for --minutes")
     p.add_argument("--dropout", type=float, default=0.0, help="attention/residual/embedding dropout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--mix", default="ioi:5,repeat:5", help="batch kinds (ioi, story, repeat) and their shares")
+    p.add_argument("--mix", default="ioi:4,repeat:6", help="batch kinds (ioi, story, repeat) and their shares")
     p.add_argument("--end-weight", type=float, default=20.0, help="loss weight of the final name")
     p.add_argument("--negatives", type=int, default=1024, help="random negatives in the sampled softmax")
     p.add_argument("--name-swap", type=float, default=0.7, help="share of prompts whose names are replaced by random capitalised words")
