@@ -15,13 +15,6 @@ ROOT = config_mod.ROOT
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # nbgrader runs alembic from here
-    return env
-
-
 def release(assignments: list[str]) -> int:
     """Regenerate notebooks/<assignment>/ from solutions/<assignment>/ with nbgrader."""
     (ROOT / "grader" / "course").mkdir(parents=True, exist_ok=True)
@@ -33,7 +26,7 @@ def release(assignments: list[str]) -> int:
         if out.exists():
             shutil.rmtree(out)
         cmd = [sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=WARN"]
-        r = subprocess.run(cmd, cwd=ROOT, env=_env())
+        r = subprocess.run(cmd, cwd=ROOT, env=config_mod.venv_env())
         if r.returncode != 0 or not out.exists():
             print(f"release of {a} failed", file=sys.stderr)
             return 1
@@ -49,7 +42,7 @@ def validate(path: str) -> int:
     if not nb.exists():
         print(f"{nb}: no such notebook", file=sys.stderr)
         return 2
-    os.environ["PATH"] = _env()["PATH"]
+    os.environ["PATH"] = config_mod.venv_env()["PATH"]
     result = Validator().validate(str(nb))
     problems = [(key, cell) for key in ("type_changed", "changed", "failed") for cell in result.get(key, [])]
     if not problems:
@@ -149,7 +142,7 @@ def cmd_formgrader(a) -> int:
     if os.getuid() == 0:
         args.append("--allow-root")
     print("formgrader: open the URL below, then Nbgrader -> Formgrader (Manage Assignments / Manual Grading)")
-    return subprocess.call(args, cwd=ROOT, env={**_env(), "IOI_GRADER_COURSE": str(cfg.course)})
+    return subprocess.call(args, cwd=ROOT, env={**config_mod.venv_env(), "IOI_GRADER_COURSE": str(cfg.course)})
 
 
 def main(argv=None) -> int:
@@ -186,7 +179,7 @@ def main(argv=None) -> int:
     fg = sub.add_parser("formgrader", help="serve nbgrader's formgrader in JupyterLab")
     fg.add_argument("--course")
     a = p.parse_args(argv)
-    os.environ["PATH"] = _env()["PATH"]  # nbgrader's gradebook runs alembic from the environment's bin/
+    os.environ["PATH"] = config_mod.venv_env()["PATH"]  # nbgrader's gradebook runs alembic from the environment's bin/
     if a.cmd == "release":
         return release(a.assignments)
     if a.cmd == "validate":

@@ -31,8 +31,10 @@ def graded_assignments(cfg: Config) -> list[str]:
     out = []
     for d in sorted(p for p in cfg.solutions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         nb = d / f"{d.name}.ipynb"
-        if nb.exists() and (Source.load(nb).tests or Source.load(nb).manual):
-            out.append(d.name)
+        if nb.exists():
+            src = Source.load(nb)
+            if src.tests or src.manual:
+                out.append(d.name)
     return out
 
 
@@ -85,8 +87,7 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with open(os.devnull, "w"):
-            Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

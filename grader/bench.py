@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
 
 from .autograde import autograde
 from .config import ROOT, load

@@ -41,6 +41,17 @@ class Config:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+def venv_env(base: dict | None = None) -> dict:
+    """``base`` (default: this environment) with this Python's bin/ first on PATH: nbgrader runs alembic from there."""
+    import sys
+
+    env = dict(os.environ if base is None else base)
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def load(path: Path | None = None) -> Config:
     path = Path(path) if path else CONFIG_FILE
     if not path.exists():

@@ -6,18 +6,16 @@ itself is the rest of ``grader/``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .config import ROOT, venv_env
 
 
 def nbgrader_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env = venv_env()
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("IOI_ANOMALIES_MODEL", "embedded")
     env.setdefault("PYTHONHASHSEED", "0")

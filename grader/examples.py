@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nbformat
 
-from .config import ROOT
+from .config import ROOT, venv_env
 
 EXAMPLES = ROOT / "grader" / "examples"
 ASSIGNMENT = "01_early_induction_heads"
@@ -94,9 +94,7 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
         shutil.rmtree(workdir)
     (workdir / "course").mkdir(parents=True)
     print("1. release: solutions/ -> student notebooks (nbgrader generate_assignment)")
-    import os
-
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env = venv_env()
     with tempfile.TemporaryDirectory():
         for a in sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()):
             r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=ERROR",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 
-from .config import ROOT, Config
+from .config import ROOT, Config, venv_env
 from .intake import Source
 
 
@@ -46,9 +46,7 @@ def gradebook(course: Path):
 
     from nbgrader.api import Gradebook
 
-    bindir = str(Path(sys.executable).parent)  # nbgrader runs alembic from the environment's bin/
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    os.environ["PATH"] = venv_env()["PATH"]  # nbgrader runs alembic from the environment's bin/
     course.mkdir(parents=True, exist_ok=True)
     gb = _retry(lambda: Gradebook(db_url(course)))
     try:
@@ -72,13 +70,9 @@ def ensure_assignment(cfg: Config, assignment: str) -> None:
     if _retry(known):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        env_path = str(Path(sys.executable).parent)
-        import os
-
-        env = dict(os.environ, PATH=env_path + os.pathsep + os.environ.get("PATH", ""))
         r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", assignment, "--force", "--log-level=ERROR",
                             f"--CourseDirectory.release_directory={tmp}", f"--CourseDirectory.db_url={db_url(cfg.course)}",
-                            f"--CourseDirectory.source_directory={cfg.solutions}"], cwd=ROOT, env=env, capture_output=True, text=True)
+                            f"--CourseDirectory.source_directory={cfg.solutions}"], cwd=ROOT, env=venv_env(), capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"nbgrader could not register {assignment}: {r.stderr[-2000:]}")
 

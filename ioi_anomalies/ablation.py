@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor

@@ -9,9 +9,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 
-from ioi_anomalies import ABC_FLIP, IOIDataset, load_model
+from ioi_anomalies import ABC_FLIP, IOIDataset
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from ioi_anomalies import (
     path_patch_senders_plain,
     repeated_token_loss,
 )
-from ioi_anomalies.patching import path_patch_logits, z_cache
+from ioi_anomalies.patching import path_patch_logits
 
 
 def test_logit_diff_is_a_direct_gather(model, ioi):

@@ -8,7 +8,6 @@ partial score it deserves.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import nbformat
