@@ -37,7 +37,12 @@ def gpt2_small_shaped(device: str):
     return load_model(tmp, device=device, verbose=False)
 
 
-def bench_path_patching(name, model, model_name, receivers, which, n, seed, device, skip_baseline=False):
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_path_patching(name, model, model_name, receivers, which, n, seed, device, skip_baseline=False, budget_mb=128.0):
     from . import ABC_FLIP, IOIDataset, make_ioi_metric
     from .patching import path_patch_heads_to_heads_plain
     from .path_patching import path_patch_heads_to_heads
@@ -45,18 +50,24 @@ def bench_path_patching(name, model, model_name, receivers, which, n, seed, devi
     ioi = IOIDataset("mixed", N=n, tokenizer=model.tokenizer, seed=seed, device=device)
     abc = ioi.gen_flipped_prompts(ABC_FLIP)
     metric = make_ioi_metric(model, ioi, abc)
+    _sync(device)
     t0 = time.perf_counter()
-    fast = path_patch_heads_to_heads(model, receivers, which, metric, ioi, abc, progress=False)
+    fast = path_patch_heads_to_heads(model, receivers, which, metric, ioi, abc, progress=False, memory_budget_mb=budget_mb)
+    _sync(device)
     project_s = time.perf_counter() - t0
     rss = peak_rss_mb()
     row = {"name": name, "project_s": round(project_s, 3), "peak_rss_mb": round(rss, 1), "model": model_name,
            "n_prompts": n, "n_senders": int(fast.numel()), "receivers": [f"{l}.{h}" for l, h in receivers],
            "receiver_input": which, "device": device}
+    if device.startswith("cuda"):
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if skip_baseline:
         row.update(baseline_s=None, speedup=None, max_abs_diff=None)
         return row
+    _sync(device)
     t0 = time.perf_counter()
     plain = path_patch_heads_to_heads_plain(model, receivers, which, metric, ioi, abc, progress=False)
+    _sync(device)
     baseline_s = time.perf_counter() - t0
     row.update(baseline_s=round(baseline_s, 3), speedup=round(baseline_s / project_s, 2),
                max_abs_diff=float((fast - plain).abs().max()))
@@ -69,7 +80,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--n", type=int, default=25)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--budget-mb", type=float, default=None,
+                   help="the engine's working-memory budget per chunk (default: 128 MB on the CPU, 4096 MB on a GPU)")
     a = p.parse_args(argv)
+    budget = a.budget_mb or (4096.0 if a.device.startswith("cuda") else 128.0)
     want = lambda n: a.only is None or n in a.only  # noqa: E731
     machine = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None}
@@ -77,10 +91,10 @@ def main(argv=None) -> int:
     if want("induction_keys_72") or want("s_inhibition_values_96"):
         model = gpt2_small_shaped(a.device)
         if want("induction_keys_72"):
-            row = bench_path_patching("induction_keys_72", model, "gpt2-small-shaped (random)", [(5, 5), (6, 9)], "k", a.n, a.seed, a.device)
+            row = bench_path_patching("induction_keys_72", model, "gpt2-small-shaped (random)", [(5, 5), (6, 9)], "k", a.n, a.seed, a.device, budget_mb=budget)
             print(json.dumps({**row, **machine}), flush=True)
         if want("s_inhibition_values_96"):
-            row = bench_path_patching("s_inhibition_values_96", model, "gpt2-small-shaped (random)", [(7, 3), (7, 9), (8, 6), (8, 10)], "v", a.n, a.seed, a.device)
+            row = bench_path_patching("s_inhibition_values_96", model, "gpt2-small-shaped (random)", [(7, 3), (7, 9), (8, 6), (8, 10)], "v", a.n, a.seed, a.device, budget_mb=budget)
             print(json.dumps({**row, **machine}), flush=True)
         del model
     if want("embedded"):
@@ -90,7 +104,11 @@ def main(argv=None) -> int:
         model = load_model("embedded", device=a.device, verbose=False)
         circuit = get_circuit(model)
         receivers = circuit["s2 inhibition"]
-        row = bench_path_patching("embedded_s_inhibition_values", model, EMBEDDED_MODEL, receivers, "v", a.n, a.seed, a.device)
+        if max((l for l, _ in receivers), default=0) == 0:  # no head sits below them: nothing to patch
+            print(json.dumps({"name": "embedded_s_inhibition_values", "skipped": "the S-inhibition heads are in layer 0",
+                              "model": EMBEDDED_MODEL, **machine}), flush=True)
+            return 0
+        row = bench_path_patching("embedded_s_inhibition_values", model, EMBEDDED_MODEL, receivers, "v", a.n, a.seed, a.device, budget_mb=budget)
         print(json.dumps({**row, **machine}), flush=True)
     return 0
 

@@ -2,18 +2,23 @@
 
 :mod:`ioi_anomalies.patching` runs path patching the plain way: two full forward passes per
 sender. This engine computes *exactly* the same numbers (it is tested against the plain version
-to 1e-4) with far less work, using three facts about the reference algorithm:
+to 1e-4) with far less work, using four facts about the reference algorithm:
 
 1. **Step 1 only needs MLPs.** With every head frozen to its clean output, the only thing a
    sender changes is its own output, ``delta = (z_new - z_clean) @ W_O``, added to the residual
    stream at its layer; after that, only MLPs (and their LayerNorms) react. So a sender's run
    starts from the *cached* clean residual at its layer, adds ``delta`` and runs just the MLPs up
    to the receivers' layers, where the receivers' q/k/v are read off.
-2. **Step 2 starts at the receivers.** Nothing below the lowest receiver layer changes, so the
+2. **Step 2 starts at the first receiver a sender can reach.** Receivers at or below a sender's
+   layer keep their clean input, and nothing below the first changed receiver changes, so the
    second run starts from the cached clean residual there; in that layer only the receiver heads
    are recomputed. Only the last layer's ``end`` positions and the logits at ``end`` are needed.
-3. **Senders batch.** Many senders are stacked along a new batch dimension and run together,
-   in chunks sized to a memory budget.
+3. **Only tokens that can matter.** Under causal attention nothing after a prompt's ``end``
+   reaches the metric, so each prompt keeps only its positions up to ``end``; prompts are packed
+   end to end along one token axis (sorted by length, so attention runs per group of equally
+   long prompts and no padding is computed).
+4. **Senders batch.** Many senders are stacked along a new batch dimension and run together,
+   in chunks sized to a memory budget; a chunk holds senders of one layer, so it starts there.
 
 The forward pass here is the model's own arithmetic in plain torch (compatibility mode: folded
 LayerNorms, the bridge's weights), so no hooks are involved at all.
@@ -191,6 +196,11 @@ class PathPatchingEngine:
     sets into any receivers. ``metric`` must be callable on logits [N, seq, vocab]; if it also
     has ``from_end_logits`` (the metrics of :mod:`ioi_anomalies.metrics` do), the engine only
     computes logits at each prompt's ``end`` position, which is much cheaper.
+
+    Prompts are *packed*: each keeps only the positions up to its own ``end`` (nothing after it
+    can reach the metric under causal attention), and the prompts' tokens are laid end to end
+    along one token axis, sorted by length. Position-wise work (LayerNorms, q/k/v, MLPs) then
+    runs on real tokens only; attention runs per group of equally long prompts.
     """
 
     def __init__(self, model, orig, new, metric: Callable, memory_budget_mb: float = 128.0):
@@ -199,26 +209,114 @@ class PathPatchingEngine:
         self.w = Weights.of(model)
         if orig.toks.shape != new.toks.shape:
             raise ValueError(f"clean and corrupted tokens differ in shape: {tuple(orig.toks.shape)} vs {tuple(new.toks.shape)}.")
-        self.end = orig.word_idx["end"].to(self.w.W_E.device)
+        dev = self.w.W_E.device
+        self.end = orig.word_idx["end"].to(dev)
         self.full_metric = not hasattr(metric, "from_end_logits")
         # positions after the last END never influence any END (causal attention): drop them,
         # unless the metric wants full logits.
         self.S = orig.toks.shape[1] if self.full_metric else int(self.end.max()) + 1
-        toks_o = orig.toks[:, : self.S].to(self.w.W_E.device)
-        toks_n = new.toks[:, : self.S].to(self.w.W_E.device)
-        self.clean = forward_clean(self.w, toks_o)
-        self.new_z = forward_clean(self.w, toks_n).z
+        toks_o = orig.toks[:, : self.S].to(dev)
+        toks_n = new.toks[:, : self.S].to(dev)
         self.N = toks_o.shape[0]
         self.orig_toks = orig.toks
-        self._check_matches_model()
+        clean = forward_clean(self.w, toks_o)
+        self._check_matches_model(clean)
+        self._pack_layout()
+        self.clean = CleanRun([self._pack(r) for r in clean.resid_pre], [self._pack(a) for a in clean.attn_out],
+                              [self._pack(z) for z in clean.z], self._pack(clean.resid_final))
+        new_z = [self._pack(z) for z in forward_clean(self.w, toks_n).z]
+        self._active_tokens(toks_o, toks_n)
+        A = self.A
+        # what the senders change, and the clean run, at the active tokens
+        self.dz = [(nz - cz)[A] for nz, cz in zip(new_z, self.clean.z)]
+        self.act = CleanRun([r[A] for r in self.clean.resid_pre], [a[A] for a in self.clean.attn_out],
+                            [z[A] for z in self.clean.z], self.clean.resid_final[A])
+        self._clean_qkv: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.budget = memory_budget_mb
 
-    def _check_matches_model(self) -> None:
+    # ------------------------------------------------------------------ packed token layout
+    def _pack_layout(self) -> None:
+        dev = self.end.device
+        lengths = torch.full((self.N,), self.S, device=dev) if self.full_metric else self.end + 1
+        self.order = torch.sort(lengths, stable=True).indices  # packed prompt i is prompt order[i]
+        sorted_len = lengths[self.order]
+        pos = torch.arange(self.S, device=dev)
+        keep = pos[None, :] < sorted_len[:, None]  # [N, S], in packed prompt order
+        self.index = (self.order[:, None] * self.S + pos[None, :])[keep]  # packed token -> flat [N*S]
+        self.T = int(self.index.numel())
+        # groups of equally long prompts: (first token, n prompts, length)
+        self.groups: list[tuple[int, int, int]] = []
+        start = 0
+        for length, count in zip(*torch.unique_consecutive(sorted_len, return_counts=True)):
+            n, L = int(count), int(length)
+            self.groups.append((start, n, L))
+            start += n * L
+        # the packed index of each END, in packed prompt order; and back to the caller's order
+        self.end_tok = torch.cumsum(sorted_len, 0) - 1
+        self.unorder = torch.empty_like(self.order)
+        self.unorder[self.order] = torch.arange(self.N, device=dev)
+
+    def _active_tokens(self, toks_o: Tensor, toks_n: Tensor) -> None:
+        """Tokens before the first one where the clean and corrupted prompts differ are identical
+        in every run (causal attention): only the rest, the *active* tokens, are computed."""
+        differs = toks_o != toks_n
+        first = torch.where(differs.any(1), differs.float().argmax(1), self.S)
+        if self.full_metric:  # every position's logits are read
+            first = torch.zeros_like(first)
+        first = torch.minimum(first, self.end)  # END is always computed
+        pos = self.index % self.S
+        prompt = self.index // self.S
+        self.A = (pos >= first[prompt]).nonzero().squeeze(1)  # active token -> packed token
+        self.TA = int(self.A.numel())
+        where = torch.full((self.T,), -1, dtype=torch.long, device=self.A.device)
+        where[self.A] = torch.arange(self.TA, device=self.A.device)
+        self.end_act = where[self.end_tok]  # each END among the active tokens (packed prompt order)
+
+    def clean_qkv(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Clean q, k, v of every head at ``layer`` on all packed tokens (cached)."""
+        if layer not in self._clean_qkv:
+            self._clean_qkv[layer] = self.w.qkv_all(layer, self.clean.resid_pre[layer])
+        return self._clean_qkv[layer]
+
+    def _fill(self, clean: Tensor, active: Tensor) -> Tensor:
+        """All packed tokens: ``active`` [C, TA, ...] at the active ones, ``clean`` [T, ...] elsewhere."""
+        if self.TA == self.T:
+            return active
+        full = clean.expand(active.shape[0], *clean.shape).clone()
+        full[:, self.A] = active
+        return full
+
+    def _pack(self, x: Tensor) -> Tensor:
+        """[N, S, ...] -> [T, ...]"""
+        return x.reshape(self.N * self.S, *x.shape[2:])[self.index]
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention within each prompt, on packed tokens: [..., T, h, e] -> [..., T, h, e]."""
+        out = []
+        for start, n, L in self.groups:
+            sl = slice(start, start + n * L)
+            view = lambda x: x[..., sl, :, :].unflatten(-3, (n, L))  # noqa: E731
+            out.append(self.w.attend_fast(view(q), view(k), view(v)).flatten(-4, -3))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
+
+    def _attend_end(self, q_end: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of each prompt's END query only: q_end [..., N, h, e] (packed prompt order)."""
+        out = []
+        for g, (start, n, L) in enumerate(self.groups):
+            first = sum(c for _, c, _ in self.groups[:g])
+            sl = slice(start, start + n * L)
+            kk = k[..., sl, :, :].unflatten(-3, (n, L))
+            vv = v[..., sl, :, :].unflatten(-3, (n, L))
+            qq = q_end[..., first : first + n, :, :].unsqueeze(-3)  # [..., n, 1, h, e]
+            out.append(self.w.attend_fast(qq, kk, vv, q_pos=torch.full((n, 1), L - 1, device=q_end.device)).squeeze(-3))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
+
+    def _check_matches_model(self, clean: CleanRun) -> None:
         """The engine redoes the model's arithmetic; refuse a model whose forward differs
         (e.g. LayerNorms not folded, or an unsupported architecture)."""
         with torch.no_grad():
             rows = torch.arange(self.N, device=self.end.device)
-            ours = _end_logits(self.w, self.clean.resid_final[rows, self.end])
+            ours = _end_logits(self.w, clean.resid_final[rows, self.end])
             theirs = self.model(self.orig_toks)[rows, self.end.to(self.orig_toks.device)].to(ours.device)
         gap = (ours - theirs).abs().max().item()
         if gap > 1e-3 * max(1.0, theirs.abs().max().item()):
@@ -230,13 +328,13 @@ class PathPatchingEngine:
 
     # size of one sender set's working memory, in MB (generous: temporaries included)
     def _per_set_mb(self) -> float:
-        w, N, S = self.w, self.N, self.S
+        w, T = self.w, self.T
         d, dm = w.W_E.shape[1], w.W_in.shape[-1]
-        floats = N * S * (6 * d + 2 * dm) + 3 * N * w.n_heads * S * S
+        floats = T * (6 * d + 2 * dm) + 3 * w.n_heads * sum(n * L * L for _, n, L in self.groups)
         if self.full_metric:
-            floats += N * S * w.W_U.shape[1]
+            floats += T * w.W_U.shape[1]
         else:
-            floats += N * w.W_U.shape[1]
+            floats += self.N * w.W_U.shape[1]
         return 4 * floats / 2**20
 
     def chunk_size(self) -> int:
@@ -251,29 +349,27 @@ class PathPatchingEngine:
             heads = [h for l, h in s if l == layer]
             if heads:
                 any_here = True
-                dz = self.new_z[layer][:, :, heads] - self.clean.z[layer][:, :, heads]
-                rows.append(w.attn_out(layer, dz, heads))
+                rows.append(w.attn_out(layer, self.dz[layer][:, heads], heads))
             else:
-                rows.append(torch.zeros_like(self.clean.resid_pre[0]))
+                rows.append(torch.zeros_like(self.act.resid_pre[0]))
         return torch.stack(rows) if any_here else None
 
     def _receiver_inputs(self, sets, receivers, which) -> dict[int, Tensor]:
-        """Step 1: receivers' ``which`` under each sender set's frozen-head run. {layer: [C,N,S,h,e]}"""
+        """Step 1: receivers' ``which`` under each sender set's frozen-head run, at the active
+        tokens. {layer: [C, TA, h, e]}"""
         w = self.w
         C = len(sets)
         recv_layers = sorted({l for l, _ in receivers})
         heads_at = {L: [h for l, h in receivers if l == L] for L in recv_layers}
         lowest_sender = min((l for s in sets for l, _ in s), default=w.n_layers)
+        # receivers at or below the lowest sender keep their clean input: step 2 need not start
+        # there (``run`` never passes a set that reaches no receiver)
         out = {}
-        resid = None
-        for L in recv_layers:
-            if L <= lowest_sender:
-                out[L] = w.qkv(L, self.clean.resid_pre[L], which, heads_at[L]).expand(C, *[-1] * 4)
         start = lowest_sender
         if start < recv_layers[-1]:
-            resid = self.clean.resid_pre[start].expand(C, -1, -1, -1)
+            resid = self.act.resid_pre[start].expand(C, -1, -1)
             for l in range(start, recv_layers[-1]):
-                mid = resid + self.clean.attn_out[l]
+                mid = resid + self.act.attn_out[l]
                 delta = self._deltas(sets, l)
                 if delta is not None:
                     mid = mid + delta
@@ -288,8 +384,7 @@ class PathPatchingEngine:
         C = next(iter(patched.values())).shape[0]
         L0 = min(patched)
         heads_at = {L: [h for l, h in receivers if l == L] for L in patched}
-        resid = self.clean.resid_pre[L0].expand(C, -1, -1, -1)
-        rows = torch.arange(self.N, device=resid.device)
+        resid = self.act.resid_pre[L0].expand(C, -1, -1)  # active tokens only
         last = w.n_layers - 1
         for l in range(L0, w.n_layers):
             only_end = (l == last) and not self.full_metric
@@ -298,32 +393,31 @@ class PathPatchingEngine:
                 hs = heads_at[l]
                 qkv = {x: w.qkv(l, resid, x, hs) for x in "qkv"}
                 qkv[which] = patched[l]
-                z = w.attend(qkv["q"], qkv["k"], qkv["v"])
-                out = self.clean.attn_out[l] + w.attn_out(l, z - self.clean.z[l][:, :, hs], hs)
+                full = [self._fill(c[:, hs], qkv[x]) for c, x in zip(self.clean_qkv(l), "qkv")]
+                z = self._attend(*full)[:, self.A] if self.TA < self.T else self._attend(*full)
+                out = self.act.attn_out[l] + w.attn_out(l, z - self.act.z[l][:, hs], hs)
                 mid = resid + out
                 resid = mid + w.mlp(l, mid)
                 continue
             q, k, v = w.qkv_all(l, resid)
-            if only_end:
-                q = q[:, rows, self.end][:, :, None]  # [C, N, 1, H, e]
             if l in heads_at:
-                hs = heads_at[l]
-                if which == "q" and only_end:
-                    q[:, :, :, hs] = patched[l][:, rows, self.end][:, :, None]
-                else:
-                    {"q": q, "k": k, "v": v}[which][:, :, :, hs] = patched[l]
+                {"q": q, "k": k, "v": v}[which][:, :, heads_at[l]] = patched[l]
+            cq, ck, cv = self.clean_qkv(l)
+            k, v = self._fill(ck, k), self._fill(cv, v)
             if only_end:
-                z = w.attend_fast(q, k, v, q_pos=self.end[:, None])
-                mid = resid[:, rows, self.end][:, :, None] + w.attn_out_all(l, z) + w.b_O[l]
-                final = (mid + w.mlp(l, mid))[:, :, 0]  # [C, N, d]
+                z = self._attend_end(q[:, self.end_act], k, v)  # [C, N, H, e]
+                mid = resid[:, self.end_act] + w.attn_out_all(l, z) + w.b_O[l]
+                final = (mid + w.mlp(l, mid))[:, self.unorder]  # [C, N, d], the caller's prompt order
                 return self.metric.from_end_logits(_end_logits(w, final))
-            z = w.attend_fast(q, k, v)
+            z = self._attend(self._fill(cq, q), k, v)
+            if self.TA < self.T:
+                z = z[:, self.A]
             mid = resid + w.attn_out_all(l, z) + w.b_O[l]
             resid = mid + w.mlp(l, mid)
-        if self.full_metric:
-            logits = w.ln(resid) @ w.W_U + w.b_U
+        if self.full_metric:  # (no token is skipped then)  # one group of full-length prompts, in the caller's order
+            logits = (w.ln(resid) @ w.W_U + w.b_U).unflatten(1, (self.N, self.S))[:, self.unorder]
             return torch.stack([torch.as_tensor(self.metric(lg)) for lg in logits])
-        final = resid[:, rows, self.end]
+        final = resid[:, self.end_act][:, self.unorder]
         return self.metric.from_end_logits(_end_logits(w, final))
 
     def run(
@@ -344,13 +438,24 @@ class PathPatchingEngine:
         if blind:  # exactly the unpatched metric, as the plain implementation gives
             with torch.no_grad():
                 results[blind] = float(self.metric(self.model(self.orig_toks)))
-        # sort by lowest sender layer so a chunk shares its starting layer
-        order = sorted(reach, key=lambda i: min(l for l, _ in sets[i]))
+        # chunks never mix lowest sender layers: a chunk starts at its senders' layer, and skips
+        # the receivers below it
         size = self.chunk_size()
-        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        by_layer: dict[int, list[int]] = {}
+        for i in reach:
+            by_layer.setdefault(min(l for l, _ in sets[i]), []).append(i)
+        chunks = [g[i : i + size] for _, g in sorted(by_layer.items()) for i in range(0, len(g), size)]
+        order = [i for c in chunks for i in c]
         for chunk in tqdm(chunks, desc=f"path patching -> {receiver_input} ({len(order)} senders)", disable=not progress):
             results[chunk] = self._run_chunk([sets[i] for i in chunk], receivers, receiver_input).float().cpu()
         return results
+
+    def clean_metric(self, receivers, which) -> float:
+        """The metric of the clean run, computed by the engine's own arithmetic."""
+        L = min(l for l, _ in receivers)
+        with torch.no_grad():
+            x = self.w.qkv(L, self.act.resid_pre[L], which, [h for l, h in receivers if l == L])
+            return float(self._patched_metric({L: x[None]}, receivers, which)[0])
 
     def _run_chunk(self, sets, receivers, which) -> Tensor:
         with torch.no_grad():
@@ -418,7 +523,7 @@ def attribution_path_patching(
     if not hasattr(metric, "from_end_logits"):
         raise ValueError("attribution_path_patching needs a metric with from_end_logits (see make_ioi_metric).")
     engine = PathPatchingEngine(model, orig, new, metric)
-    w, clean = engine.w, engine.clean
+    w, clean = engine.w, engine.act  # the active tokens: elsewhere no sender changes anything
     max_layer = max(l for l, _ in receivers)
     recv_layers = sorted({l for l, _ in receivers})
     heads_at = {L: [h for l, h in receivers if l == L] for L in recv_layers}
@@ -438,9 +543,9 @@ def attribution_path_patching(
     out = torch.zeros(max_layer, w.n_heads)
     for l in range(max_layer):
         for h in range(w.n_heads):
-            dz = engine.new_z[l][:, :, [h]] - clean.z[l][:, :, [h]]
+            dz = engine.dz[l][:, [h]]
             out[l, h] = (w.attn_out(l, dz, [h]) * grads[l]).sum().item()
-    base = float(engine._run_chunk([[]], receivers, receiver_input)[0])
+    base = engine.clean_metric(receivers, receiver_input)
     return out + base
 
 

@@ -78,7 +78,8 @@ class Mixture:
     a story: a step costs what its sequences need.
     """
 
-    def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0, repeat_first: int = 0):
+    def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0,
+                 repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4)):
         self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
         self.end_weight = end_weight
         self.tok = tokenizer
@@ -89,6 +90,7 @@ class Mixture:
         self.step = 0
         self.name_swap = name_swap
         self.repeat_first = repeat_first
+        self.block, self.copies = block, copies
         # stand-in names: every single-token capitalised word (" Paris", " Table", ...), so that
         # only copying from the context works, not a lookup over 109 names
         vocab = tokenizer.get_vocab()
@@ -139,9 +141,9 @@ class Mixture:
             self.pools[name].extend(items[i] for i in order)
 
     def _repeated(self) -> tuple[list[int], int]:
-        """A random block repeated two to four times (after an optional random prefix)."""
-        n = int(self.rng.integers(4, 13))
-        copies = int(self.rng.integers(2, 5))
+        """A random block (``block`` tokens long) repeated ``copies`` times, after an optional random prefix."""
+        n = int(self.rng.integers(self.block[0], self.block[1] + 1))
+        copies = int(self.rng.integers(self.copies[0], self.copies[1] + 1))
         block = self.rng.integers(0, 50257, size=n).tolist()
         prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
         return (prefix + block * copies)[: SEQ - 1], -1
@@ -188,7 +190,7 @@ def sinusoidal_positions(n_positions: int, d_model: int, scale: float = 0.03) ->
 def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
     hidden = model.transformer(toks).last_hidden_state[:, :-1]
     targets = toks[:, 1:]
-    neg = torch.randint(0, 50257, (n_neg,), generator=gen)
+    neg = torch.randint(0, 50257, (n_neg,), generator=gen).to(toks.device)
     cands, inverse = torch.unique(torch.cat([targets.reshape(-1), neg]), return_inverse=True)
     target_idx = inverse[: targets.numel()].view_as(targets)
     logits = hidden @ model.transformer.wte.weight[cands].T
@@ -197,43 +199,57 @@ def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
 
 
 @torch.no_grad()
-def quick_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, float, float]:
-    """IOI logit difference and accuracy, and the best induction score (HF model, no bridge)."""
+def quick_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, float, float, float]:
+    """IOI logit difference and accuracy, the best induction score, and the loss on the second
+    half of repeated random tokens (HF model, no bridge)."""
+    dev = model.device
     ds = IOIDataset("mixed", N=n, tokenizer=tokenizer, seed=seed)
-    logits = model(ds.toks).logits
+    logits = model(ds.toks.to(dev)).logits.cpu()
     rows = torch.arange(n)
     at_end = logits[rows, ds.word_idx["end"]]
     diff = at_end[rows, torch.tensor(ds.io_tokenIDs)] - at_end[rows, torch.tensor(ds.s_tokenIDs)]
     gen = torch.Generator().manual_seed(seed)
     half = torch.randint(0, 50257, (8, 20), generator=gen)
-    att = model(torch.cat([half, half], 1), output_attentions=True).attentions
-    induction = max(a.diagonal(-19, dim1=-2, dim2=-1).mean(dim=(0, -1)).max().item() for a in att)
-    return diff.mean().item(), (diff > 0).float().mean().item(), induction
+    rep = torch.cat([half, half], 1).to(dev)
+    res = model(rep, labels=rep, output_attentions=True)
+    induction = max(a.diagonal(-19, dim1=-2, dim2=-1).mean(dim=(0, -1)).max().item() for a in res.attentions)
+    second = torch.nn.functional.cross_entropy(res.logits[:, 20:-1].flatten(0, 1), rep[:, 21:].flatten()).item()
+    return diff.mean().item(), (diff > 0).float().mean().item(), induction, second
 
 
 def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None,
           n_layer: int = 6, n_head: int = 8, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, n_neg: int = 2048,
-          name_swap: float = 0.0, attention_only: bool = True, repeat_first: int = 0) -> dict:
+          name_swap: float = 0.0, attention_only: bool = True, repeat_first: int = 0, d_model: int = 128,
+          block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4), eval_every: int = 100, device: str = "cpu",
+          emb_lr_scale: float = 1.0, emb_frozen_steps: int = 0, weight_decay: float = 0.01, pos_scale: float = 0.03) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = load_tokenizer()
-    config = build_config(dropout, n_layer, n_head)
+    config = build_config(dropout, n_layer, n_head, d_model)
     config._attn_implementation = "eager"  # attention weights are read by the evaluation
     model = GPT2LMHeadModel(config)
     if attention_only:
         # MLPs present (it stays a GPT-2 checkpoint) but zero and frozen: with them, the model
         # solves IOI by a lookup in its first MLP instead of moving names with attention heads
-        for block in model.transformer.h:
-            for p_ in block.mlp.parameters():
+        for layer in model.transformer.h:
+            for p_ in layer.mlp.parameters():
                 p_.data.zero_()
                 p_.requires_grad_(False)
-    with torch.no_grad():  # sinusoidal start for the (still learned) positions: "previous token" is then easy to find
-        model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape))
-    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first)
+            # a zero MLP outputs exactly zero: skip its arithmetic (two thirds of a layer's)
+            layer.mlp.forward = torch.zeros_like
+    if pos_scale > 0:
+        with torch.no_grad():  # sinusoidal start for the (still learned) positions: "previous token" is then easy to find
+            model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape, scale=pos_scale))
+    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies)
+    model.to(device)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([p_ for p_ in model.parameters() if p_.requires_grad], lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    wte = model.transformer.wte.weight
+    rest = [p_ for p_ in model.parameters() if p_.requires_grad and p_ is not wte]
+    opt = torch.optim.AdamW([{"params": rest, "name": "body", "scale": 1.0},
+                             {"params": [wte], "name": "token embeddings", "scale": emb_lr_scale}],
+                            lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
     budget = minutes * 60
     warmup = 100
     t0 = time.time()
@@ -248,20 +264,22 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         frac = step / max_steps if max_steps else elapsed / budget
         scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
-            g["lr"] = lr * scale
+            frozen = g["name"] == "token embeddings" and step < emb_frozen_steps  # held at their start
+            g["lr"] = 0.0 if frozen else lr * scale * g["scale"]
         model.train()
         _, toks, weights = data.batch(batch)
-        loss = sampled_loss(model, toks, weights, n_neg, gen)
+        loss = sampled_loss(model, toks.to(device), weights.to(device), n_neg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        if step % 100 == 0:
+        if step % eval_every == 0:
             model.eval()
-            ld, acc, ind = quick_eval(model, tokenizer, n=100)
+            ld, acc, ind, rep_loss = quick_eval(model, tokenizer, n=100)
             log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
-                        "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3), "induction": round(ind, 3)})
+                        "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3), "induction": round(ind, 3),
+                        "repeat_second_half_loss": round(rep_loss, 3)})
             bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}", ind=f"{ind:.2f}")
         if max_steps:
             bar.update(1)
@@ -272,7 +290,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
     bar.close()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.half().save_pretrained(out, safe_serialization=True)
+    model.cpu().half().save_pretrained(out, safe_serialization=True)
     for f in Path(out).iterdir():  # readable by every user, e.g. a grading sandbox's
         f.chmod(0o644)
     save_tokenizer(out)
@@ -291,6 +309,13 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "name_swap": name_swap,
         "attention_only": attention_only,
         "repeat_first": repeat_first,
+        "d_model": d_model,
+        "emb_lr_scale": emb_lr_scale,
+        "emb_frozen_steps": emb_frozen_steps,
+        "weight_decay": weight_decay,
+        "pos_scale": pos_scale,
+        "block": list(block),
+        "copies": list(copies),
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
