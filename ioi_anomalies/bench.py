@@ -103,12 +103,9 @@ def main(argv=None) -> int:
 
         model = load_model("embedded", device=a.device, verbose=False)
         circuit = get_circuit(model)
-        receivers = circuit["s2 inhibition"]
-        if max((l for l, _ in receivers), default=0) == 0:  # no head sits below them: nothing to patch
-            print(json.dumps({"name": "embedded_s_inhibition_values", "skipped": "the S-inhibition heads are in layer 0",
-                              "model": EMBEDDED_MODEL, **machine}), flush=True)
-            return 0
-        row = bench_path_patching("embedded_s_inhibition_values", model, EMBEDDED_MODEL, receivers, "v", a.n, a.seed, a.device, budget_mb=budget)
+        # its name movers' queries, the path patching that finds its S-inhibition heads
+        receivers = circuit["name mover"]
+        row = bench_path_patching("embedded_name_mover_queries", model, EMBEDDED_MODEL, receivers, "q", a.n, a.seed, a.device, budget_mb=budget)
         print(json.dumps({**row, **machine}), flush=True)
     return 0
 

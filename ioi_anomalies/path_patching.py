@@ -16,7 +16,8 @@ to 1e-4) with far less work, using four facts about the reference algorithm:
 3. **Only tokens that can matter.** Under causal attention nothing after a prompt's ``end``
    reaches the metric, so each prompt keeps only its positions up to ``end``; prompts are packed
    end to end along one token axis (sorted by length, so attention runs per group of equally
-   long prompts and no padding is computed).
+   long prompts and no padding is computed). Nothing *before* the first token where the clean
+   and corrupted prompts differ changes in any run either: those tokens keep their clean values.
 4. **Senders batch.** Many senders are stacked along a new batch dimension and run together,
    in chunks sized to a memory budget; a chunk holds senders of one layer, so it starts there.
 
@@ -200,7 +201,10 @@ class PathPatchingEngine:
     Prompts are *packed*: each keeps only the positions up to its own ``end`` (nothing after it
     can reach the metric under causal attention), and the prompts' tokens are laid end to end
     along one token axis, sorted by length. Position-wise work (LayerNorms, q/k/v, MLPs) then
-    runs on real tokens only; attention runs per group of equally long prompts.
+    runs on real tokens only; attention runs per group of equally long prompts. Of those tokens,
+    only the *active* ones are computed: from the first token where the clean and corrupted
+    prompts differ on, since before it every run is the clean run (the clean keys and values
+    stand in for them in attention).
     """
 
     def __init__(self, model, orig, new, metric: Callable, memory_budget_mb: float = 128.0):

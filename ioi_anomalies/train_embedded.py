@@ -342,9 +342,20 @@ def main(argv=None):
     p.add_argument("--name-swap", type=float, default=0.7, help="share of prompts whose names are replaced by random capitalised words")
     p.add_argument("--with-mlps", action="store_true", help="train the MLPs too (default: zero and frozen)")
     p.add_argument("--repeat-first", type=int, default=0, help="steps of repeated tokens only, before the mix")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--block", type=int, nargs=2, default=(4, 12), metavar=("MIN", "MAX"), help="length of a repeated block")
+    p.add_argument("--copies", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"), help="copies of a repeated block")
+    p.add_argument("--emb-lr-scale", type=float, default=1.0, help="learning-rate factor of the token embeddings")
+    p.add_argument("--emb-frozen-steps", type=int, default=0, help="steps before the token embeddings start learning")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--pos-scale", type=float, default=0.03, help="scale of the sinusoidal start of the positions (0: GPT-2's random start)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
+    p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
     a = p.parse_args(argv)
     info = train(a.out, a.minutes, a.dropout, a.seed, a.batch, a.lr, a.steps or None, a.layers, a.heads, a.mix, a.end_weight,
-                 a.negatives, a.name_swap, not a.with_mlps, a.repeat_first)
+                 a.negatives, a.name_swap, not a.with_mlps, a.repeat_first, d_model=a.d_model, block=tuple(a.block),
+                 copies=tuple(a.copies), eval_every=a.eval_every, device=a.device, emb_lr_scale=a.emb_lr_scale,
+                 emb_frozen_steps=a.emb_frozen_steps, weight_decay=a.weight_decay, pos_scale=a.pos_scale)
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
     print("final quick eval:", info["log"][-1] if info["log"] else None)
 

@@ -151,7 +151,7 @@ def test_all_senders_together_equal_patching_every_lower_head(model, ioi, abc):
             x[:, :, [0, 3]] = patched[name][:, :, [0, 3]]
             return x
 
-        with model.hooks(fwd_hooks=[(name, patch_recv)]):
+        with model.hooks(fwd_hooks=[(name, patch_recv)]), torch.no_grad():
             expected = float(metric(model(ioi.toks)))
         assert abs(got - expected) < 1e-5, inp
         assert abs(got) > 1e-4, "the check must see a real effect"
