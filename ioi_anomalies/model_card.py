@@ -269,8 +269,8 @@ def main(argv=None) -> int:
         info = json.loads((a.dropout_model / "training.json").read_text())
         measured["dropout_comparison"] = {"dropout": info["dropout"], "steps": info["steps"],
                                           "ioi": twin["ioi"], "ablation": twin["ablation"]}
-    elif old.exists() and "dropout_comparison" in json.loads(old.read_text()):
-        measured["dropout_comparison"] = json.loads(old.read_text())["dropout_comparison"]
+    elif old.exists():
+        measured["dropout_comparison"] = json.loads(old.read_text()).get("dropout_comparison")
     (a.model / "circuit.json").write_text(json.dumps(
         {"model": EMBEDDED_MODEL, "circuit": measured["circuit"], "named": measured["named"],
          "results": measured["results"], "dropout_comparison": measured.get("dropout_comparison")}, indent=1))

@@ -226,15 +226,15 @@ class PathPatchingEngine:
         clean = forward_clean(self.w, toks_o)
         self._check_matches_model(clean)
         self._pack_layout()
-        self.clean = CleanRun([self._pack(r) for r in clean.resid_pre], [self._pack(a) for a in clean.attn_out],
-                              [self._pack(z) for z in clean.z], self._pack(clean.resid_final))
-        new_z = [self._pack(z) for z in forward_clean(self.w, toks_n).z]
         self._active_tokens(toks_o, toks_n)
         A = self.A
-        # what the senders change, and the clean run, at the active tokens
-        self.dz = [(nz - cz)[A] for nz, cz in zip(new_z, self.clean.z)]
-        self.act = CleanRun([r[A] for r in self.clean.resid_pre], [a[A] for a in self.clean.attn_out],
-                            [z[A] for z in self.clean.z], self.clean.resid_final[A])
+        # the clean residual stream on all packed tokens (for the clean q/k/v of the tokens
+        # that are not computed); everything else only at the active tokens
+        self.resid_pre = [self._pack(r) for r in clean.resid_pre]
+        self.act = CleanRun([r[A] for r in self.resid_pre], [self._pack(a)[A] for a in clean.attn_out],
+                            [self._pack(z)[A] for z in clean.z], self._pack(clean.resid_final)[A])
+        new_z = forward_clean(self.w, toks_n).z
+        self.dz = [self._pack(nz)[A] - cz for nz, cz in zip(new_z, self.act.z)]  # what the senders change
         self._clean_qkv: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.budget = memory_budget_mb
 
@@ -279,7 +279,7 @@ class PathPatchingEngine:
     def clean_qkv(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
         """Clean q, k, v of every head at ``layer`` on all packed tokens (cached)."""
         if layer not in self._clean_qkv:
-            self._clean_qkv[layer] = self.w.qkv_all(layer, self.clean.resid_pre[layer])
+            self._clean_qkv[layer] = self.w.qkv_all(layer, self.resid_pre[layer])
         return self._clean_qkv[layer]
 
     def _fill(self, clean: Tensor, active: Tensor) -> Tensor:
@@ -289,6 +289,10 @@ class PathPatchingEngine:
         full = clean.expand(active.shape[0], *clean.shape).clone()
         full[:, self.A] = active
         return full
+
+    def _active(self, x: Tensor) -> Tensor:
+        """[C, T, ...] -> [C, TA, ...]: the active tokens of a result over all packed tokens."""
+        return x[:, self.A] if self.TA < self.T else x
 
     def _pack(self, x: Tensor) -> Tensor:
         """[N, S, ...] -> [T, ...]"""
@@ -398,7 +402,7 @@ class PathPatchingEngine:
                 qkv = {x: w.qkv(l, resid, x, hs) for x in "qkv"}
                 qkv[which] = patched[l]
                 full = [self._fill(c[:, hs], qkv[x]) for c, x in zip(self.clean_qkv(l), "qkv")]
-                z = self._attend(*full)[:, self.A] if self.TA < self.T else self._attend(*full)
+                z = self._active(self._attend(*full))
                 out = self.act.attn_out[l] + w.attn_out(l, z - self.act.z[l][:, hs], hs)
                 mid = resid + out
                 resid = mid + w.mlp(l, mid)
@@ -413,9 +417,7 @@ class PathPatchingEngine:
                 mid = resid[:, self.end_act] + w.attn_out_all(l, z) + w.b_O[l]
                 final = (mid + w.mlp(l, mid))[:, self.unorder]  # [C, N, d], the caller's prompt order
                 return self.metric.from_end_logits(_end_logits(w, final))
-            z = self._attend(self._fill(cq, q), k, v)
-            if self.TA < self.T:
-                z = z[:, self.A]
+            z = self._active(self._attend(self._fill(cq, q), k, v))
             mid = resid + w.attn_out_all(l, z) + w.b_O[l]
             resid = mid + w.mlp(l, mid)
         if self.full_metric:  # (no token is skipped then)  # one group of full-length prompts, in the caller's order
