@@ -4,7 +4,7 @@
 
 The defaults are the recipe of the shipped model (its ``training.json`` records them).
 
-A GPT-2-architecture model (4 layers x 8 heads, d_model 128, GPT-2's tokenizer and vocabulary,
+A GPT-2-architecture model (4 layers x 4 heads, d_model 128, GPT-2's tokenizer and vocabulary,
 tied embeddings) trained from nothing on the CPU, deterministically (fixed seeds, a fixed number
 of steps), on sequences generated here:
 
@@ -15,7 +15,16 @@ of steps), on sequences generated here:
   copy the right name from the context, which is what the IOI circuit does.
 - random blocks of tokens from the whole vocabulary repeated two to four times, so induction
   heads form.
+- "marker" sequences: random tokens in which, every few tokens, a marker ("," "." " and" ...) is
+  followed by the token before it ("... X , X ..."). Only the token after a marker is
+  predictable, and only by looking at the previous position: the task grows previous-token heads.
 - optionally ("story" in ``--mix``) two or three IOI sentences in a row.
+
+Induction needs a previous-token head first (the induction head finds its keys through it), and
+on these data neither forms by itself in the budget. So training starts with ``--prev-first``
+steps of the marker task alone; then the best ``--hold-prev`` previous-token heads keep the
+query and key weights they have, and the positions stop learning (see ``HeldHeads``), while
+the rest of the model, their values and outputs included, trains on the mix.
 
 The final name of an IOI prompt gets a larger loss weight (``--end-weight``). The output layer is
 trained with a sampled softmax (the batch's targets plus random negatives), so a step costs a
@@ -46,6 +55,8 @@ from .dataset import ABBA_TEMPLATES, BABA_TEMPLATES, IOIDataset
 from .tokenizer import EOT_ID, load_tokenizer, save_tokenizer
 
 SEQ = 64
+# markers of the previous-token task: after one of these, the token before it comes again
+MARKERS = (",", ".", ":", ";", "!", "?", " -", " and", " or", " then")
 TRAIN_SEED_BASE = 1_000_003  # evaluation uses small seeds; training never does
 
 
@@ -79,7 +90,8 @@ class Mixture:
     """
 
     def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0,
-                 repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4)):
+                 repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4),
+                 prev_first: int = 0, filler_weight: float = 0.1):
         self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
         self.end_weight = end_weight
         self.tok = tokenizer
@@ -91,6 +103,8 @@ class Mixture:
         self.name_swap = name_swap
         self.repeat_first = repeat_first
         self.block, self.copies = block, copies
+        self.prev_first, self.filler_weight = prev_first, filler_weight
+        self.markers = [tokenizer.encode(m, add_special_tokens=False)[0] for m in MARKERS]
         # stand-in names: every single-token capitalised word (" Paris", " Table", ...), so that
         # only copying from the context works, not a lookup over 109 names
         vocab = tokenizer.get_vocab()
@@ -148,14 +162,39 @@ class Mixture:
         prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
         return (prefix + block * copies)[: SEQ - 1], -1
 
+    def _marker(self, filler: float) -> tuple[list[int], list[float]]:
+        """Random tokens in which, every few tokens, a marker is followed by the token before it:
+        "... X , X ...". Only the token after a marker is predictable, and only by a head that
+        looks at the previous position: the task grows previous-token heads. Loss weight 1 on
+        those tokens, ``filler`` on the (unpredictable) rest."""
+        n = int(self.rng.integers(32, SEQ))
+        ids = self.rng.integers(0, 50257, size=n).tolist()
+        weights = [filler] * (n - 1)
+        i = int(self.rng.integers(0, 4))
+        while i + 2 < n:
+            ids[i + 1] = self.markers[int(self.rng.integers(0, len(self.markers)))]
+            ids[i + 2] = ids[i]
+            weights[i + 1] = 1.0  # predicting position i + 2 from the marker at i + 1
+            i += int(self.rng.integers(3, 8))
+        return ids, weights
+
     def batch(self, size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-        kind = "repeat" if self.step < self.repeat_first else self.KINDS[self.step % len(self.KINDS)]
+        if self.step < self.prev_first:
+            kind = "prev"  # the previous-token task alone, its filler unweighted
+        elif self.step < self.prev_first + self.repeat_first:
+            kind = "repeat"
+        else:
+            kind = self.KINDS[self.step % len(self.KINDS)]
         self.step += 1
         if kind == "ioi":
             size *= 2  # short sequences: twice the prompts for about the same cost
-        seqs, ends = [], []
+        seqs, ends, marked = [], [], []
         for _ in range(size):
-            if kind == "repeat":
+            w = None
+            if kind in ("marker", "prev"):
+                ids, w = self._marker(0.0 if kind == "prev" else self.filler_weight)
+                end = -1
+            elif kind == "repeat":
                 ids, end = self._repeated()
             else:
                 if not self.pools[kind]:
@@ -164,14 +203,16 @@ class Mixture:
             if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
                 ids = [EOT_ID] + ids
                 end = end + 1 if end >= 0 else end
+                w = None if w is None else [0.0] + w
             seqs.append(ids[:SEQ])
             ends.append(end)
+            marked.append(None if w is None else w[: SEQ - 1])
         width = max(len(s) for s in seqs)
         toks = torch.full((size, width), EOT_ID, dtype=torch.long)
         weight = torch.zeros((size, width - 1))
         for i, s in enumerate(seqs):
             toks[i, : len(s)] = torch.tensor(s)
-            weight[i, : len(s) - 1] = 1
+            weight[i, : len(s) - 1] = 1 if marked[i] is None else torch.tensor(marked[i])
             if ends[i] >= 0:
                 weight[i, ends[i]] = self.end_weight  # the name that needs the circuit
         return kind, toks, weight
@@ -217,11 +258,51 @@ def quick_eval(model, tokenizer, n: int = 200, seed: int = 7) -> tuple[float, fl
     return diff.mean().item(), (diff > 0).float().mean().item(), induction, second
 
 
+@torch.no_grad()
+def previous_token_scores(model, seed: int = 11) -> torch.Tensor:
+    """[layer, head] previous-token scores of an HF GPT-2 on 20 random tokens repeated once."""
+    half = torch.randint(0, 50257, (8, 20), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    att = model(torch.cat([half, half], 1), output_attentions=True).attentions
+    return torch.stack([a.diagonal(-1, dim1=-2, dim2=-1)[..., -20:].mean(dim=(0, -1)) for a in att]).cpu()
+
+
+class HeldHeads:
+    """Hold the query and key weights of some heads (and the position embeddings) where they are.
+
+    The previous-token heads grown by the marker task do not survive the rest of the mix on their
+    own: copying the previous token is wrong almost everywhere else, and before any induction
+    head reads them they only cost loss, so training erases their attention within a few hundred
+    steps. Holding what sets their attention pattern (their W_Q, W_K and the positions) leaves
+    everything else free, their values and outputs included; induction heads then form on top
+    of them by K-composition.
+    """
+
+    def __init__(self, model, heads: list[tuple[int, int]]):
+        self.heads = heads
+        self.wpe = model.transformer.wpe.weight
+        self.wpe.requires_grad_(False)
+        d = model.config.n_embd
+        dh = d // model.config.n_head
+        self.slices = []
+        for layer, head in heads:
+            attn = model.transformer.h[layer].attn.c_attn
+            for start in (head * dh, d + head * dh):  # query, key columns of this head
+                cols = slice(start, start + dh)
+                self.slices.append((attn.weight, cols, attn.weight[:, cols].detach().clone()))
+                self.slices.append((attn.bias, cols, attn.bias[cols].detach().clone()))
+
+    @torch.no_grad()
+    def restore(self):
+        for param, cols, value in self.slices:
+            param[..., cols] = value
+
+
 def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None,
           n_layer: int = 6, n_head: int = 8, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, n_neg: int = 2048,
           name_swap: float = 0.0, attention_only: bool = True, repeat_first: int = 0, d_model: int = 128,
           block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4), eval_every: int = 100, device: str = "cpu",
-          emb_lr_scale: float = 1.0, emb_frozen_steps: int = 0, weight_decay: float = 0.01, pos_scale: float = 0.03) -> dict:
+          emb_lr_scale: float = 1.0, emb_frozen_steps: int = 0, weight_decay: float = 0.01, pos_scale: float = 0.03,
+          prev_first: int = 0, hold_prev: int = 0, filler_weight: float = 0.1, fixed_positions: bool = False) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -242,7 +323,9 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
     if pos_scale > 0:
         with torch.no_grad():  # sinusoidal start for the (still learned) positions: "previous token" is then easy to find
             model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape, scale=pos_scale))
-    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies)
+    if fixed_positions:  # the sinusoids stay as they are, as in the original Transformer
+        model.transformer.wpe.weight.requires_grad_(False)
+    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
     wte = model.transformer.wte.weight
@@ -257,7 +340,15 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
     log = []
     bar = tqdm(total=max_steps or int(budget), desc="training", unit="step" if max_steps else "s")
     last_t = 0
+    held, held_scores = None, None
     while True:
+        if hold_prev and step == prev_first and held is None:
+            # the marker task is done: keep its best previous-token heads (any layer but the last)
+            model.eval()
+            prev = previous_token_scores(model)[:-1]
+            top = prev.flatten().argsort(descending=True)[:hold_prev].tolist()
+            held = HeldHeads(model, [divmod(i, prev.shape[1]) for i in top])
+            held_scores = [round(prev.flatten()[i].item(), 3) for i in top]
         elapsed = time.time() - t0
         if (max_steps is not None and step >= max_steps) or (max_steps is None and elapsed >= budget):
             break
@@ -273,6 +364,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if held is not None:
+            held.restore()
         step += 1
         if step % eval_every == 0:
             model.eval()
@@ -315,6 +408,12 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "weight_decay": weight_decay,
         "pos_scale": pos_scale,
         "block": list(block),
+        "prev_first": prev_first,
+        "hold_prev": hold_prev,
+        "filler_weight": filler_weight,
+        "fixed_positions": fixed_positions,
+        "held_heads": None if held is None else [f"{l}.{h}" for l, h in held.heads],
+        "held_heads_previous_token_score": held_scores,
         "copies": list(copies),
         "torch_threads": torch.get_num_threads(),
         "log": log,
@@ -335,27 +434,36 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--mix", default="ioi:4,repeat:6", help="batch kinds (ioi, story, repeat) and their shares")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mix", default="ioi:4,repeat:4,marker:2", help="batch kinds (ioi, story, repeat, marker) and their shares")
     p.add_argument("--end-weight", type=float, default=20.0, help="loss weight of the final name")
     p.add_argument("--negatives", type=int, default=1024, help="random negatives in the sampled softmax")
     p.add_argument("--name-swap", type=float, default=0.7, help="share of prompts whose names are replaced by random capitalised words")
     p.add_argument("--with-mlps", action="store_true", help="train the MLPs too (default: zero and frozen)")
     p.add_argument("--repeat-first", type=int, default=0, help="steps of repeated tokens only, before the mix")
     p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--block", type=int, nargs=2, default=(4, 12), metavar=("MIN", "MAX"), help="length of a repeated block")
+    p.add_argument("--block", type=int, nargs=2, default=(10, 20), metavar=("MIN", "MAX"), help="length of a repeated block")
     p.add_argument("--copies", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"), help="copies of a repeated block")
     p.add_argument("--emb-lr-scale", type=float, default=1.0, help="learning-rate factor of the token embeddings")
     p.add_argument("--emb-frozen-steps", type=int, default=0, help="steps before the token embeddings start learning")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--pos-scale", type=float, default=0.03, help="scale of the sinusoidal start of the positions (0: GPT-2's random start)")
+    p.add_argument("--prev-first", type=int, default=300, help="steps of the previous-token (marker) task before the mix")
+    p.add_argument("--hold-prev", type=int, default=2, help="previous-token heads whose queries and keys (and the positions) are held after those steps")
+    p.add_argument("--filler-weight", type=float, default=0.1, help="loss weight of the unpredictable tokens of marker sequences in the mix")
+    p.add_argument("--fixed-positions", action="store_true", help="keep the sinusoidal positions fixed throughout")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     info = train(a.out, a.minutes, a.dropout, a.seed, a.batch, a.lr, a.steps or None, a.layers, a.heads, a.mix, a.end_weight,
                  a.negatives, a.name_swap, not a.with_mlps, a.repeat_first, d_model=a.d_model, block=tuple(a.block),
                  copies=tuple(a.copies), eval_every=a.eval_every, device=a.device, emb_lr_scale=a.emb_lr_scale,
-                 emb_frozen_steps=a.emb_frozen_steps, weight_decay=a.weight_decay, pos_scale=a.pos_scale)
+                 emb_frozen_steps=a.emb_frozen_steps, weight_decay=a.weight_decay, pos_scale=a.pos_scale,
+                 prev_first=a.prev_first, hold_prev=a.hold_prev, filler_weight=a.filler_weight,
+                 fixed_positions=a.fixed_positions)
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
     print("final quick eval:", info["log"][-1] if info["log"] else None)
 

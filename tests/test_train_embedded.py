@@ -7,10 +7,11 @@ import json
 import torch
 
 from ioi_anomalies import load_model
-from ioi_anomalies.train_embedded import Mixture, train
+from ioi_anomalies.train_embedded import MARKERS, Mixture, train
 from ioi_anomalies.tokenizer import EOT_ID, load_tokenizer
 
-TINY = dict(minutes=1.0, dropout=0.0, seed=0, batch=4, lr=3e-3, max_steps=3, n_layer=2, n_head=2, d_model=32, eval_every=10_000)
+TINY = dict(minutes=1.0, dropout=0.0, seed=0, batch=4, lr=3e-3, max_steps=3, n_layer=2, n_head=2, d_model=32, eval_every=10_000,
+            prev_first=1, hold_prev=1, mix="ioi:1,repeat:1,marker:1")
 
 
 def test_training_is_seeded_and_saves_a_loadable_gpt2(tmp_path):
@@ -20,6 +21,7 @@ def test_training_is_seeded_and_saves_a_loadable_gpt2(tmp_path):
     assert a.read_bytes() == b.read_bytes(), "same seed, same weights"
     info = json.loads((tmp_path / "a" / "training.json").read_text())
     assert info["steps"] == 3 and info["n_layer"] == 2 and info["attention_only"]
+    assert info["held_heads"] and info["held_heads"][0].startswith("0."), "a layer-0 head held after the marker step"
     model = load_model(tmp_path / "a", device="cpu", verbose=False)
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model) == (2, 2, 32)
     # attention only: the MLPs are in the checkpoint, exactly zero
@@ -37,3 +39,45 @@ def test_repeat_batches_repeat_a_block():
         row = [t for t in row if t != EOT_ID]
         assert any(row[i : i + 5] * 3 == row[i : i + 15] for i in range(0, 6)), row
     assert weights.shape == (8, toks.shape[1] - 1) and torch.all(weights <= 1)
+
+
+def test_marker_batches_repeat_the_token_before_a_marker():
+    tok = load_tokenizer()
+    markers = {tok.encode(m, add_special_tokens=False)[0] for m in MARKERS}
+    data = Mixture(tok, seed=0, mix="marker:1", filler_weight=0.25)
+    kind, toks, weights = data.batch(16)
+    assert kind == "marker"
+    n_targets = 0
+    for row, w in zip(toks.tolist(), weights.tolist()):
+        for i, wi in enumerate(w):
+            if wi == 1.0:  # predicting row[i + 1] after the marker row[i]: the token before the marker
+                assert row[i] in markers and row[i + 1] == row[i - 1], (i, row)
+                n_targets += 1
+            else:
+                assert wi in (0.0, 0.25), wi
+    assert n_targets >= 16 * 4
+    # during the first ``prev_first`` steps the filler carries no loss at all
+    kind, _, weights = Mixture(tok, seed=0, mix="ioi:1", prev_first=1).batch(4)
+    assert kind == "prev" and set(weights.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_held_heads_keep_their_queries_keys_and_positions(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from ioi_anomalies.train_embedded import HeldHeads, build_config
+
+    model = GPT2LMHeadModel(build_config(0.0, 2, 2, 32))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    held = HeldHeads(model, [(0, 1)])
+    assert not model.transformer.wpe.weight.requires_grad
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randint(0, 50257, (2, 8)), labels=torch.randint(0, 50257, (2, 8))).loss.backward()
+    opt.step()
+    held.restore()
+    w0, w1 = before["transformer.h.0.attn.c_attn.weight"], model.transformer.h[0].attn.c_attn.weight
+    d, dh = 32, 16
+    for cols in (slice(dh, 2 * dh), slice(d + dh, d + 2 * dh)):  # head 1's queries, keys: held
+        assert torch.equal(w1[:, cols], w0[:, cols])
+    for cols in (slice(0, dh), slice(d, d + dh), slice(2 * d + dh, 3 * d)):  # head 0, and the values: trained
+        assert not torch.equal(w1[:, cols], w0[:, cols])
+    assert torch.equal(model.transformer.wpe.weight, before["transformer.wpe.weight"])
