@@ -143,7 +143,8 @@ def measure(model) -> dict:
     return {"circuit": circuit, "named": named, "results": results}
 
 
-_NOT_RECIPE = ("dropout", "steps", "train_seconds", "torch_threads", "log", "held_heads", "held_heads_previous_token_score")
+_NOT_RECIPE = ("dropout", "steps", "train_seconds", "torch_threads", "timing_note", "log", "held_heads",
+               "held_heads_previous_token_score")
 
 
 def _recipe(training: dict) -> dict:

@@ -279,8 +279,7 @@ class HeldHeads:
 
     def __init__(self, model, heads: list[tuple[int, int]]):
         self.heads = heads
-        self.wpe = model.transformer.wpe.weight
-        self.wpe.requires_grad_(False)
+        model.transformer.wpe.weight.requires_grad_(False)
         d = model.config.n_embd
         dh = d // model.config.n_head
         self.slices = []
