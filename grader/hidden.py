@@ -1,0 +1,36 @@
+"""Seeds for hidden tests: different for every submission, identical when one file is regraded.
+
+Hidden tests draw their inputs (prompts, heads, random patterns) from ``seed(label)`` or
+``generator(label)`` instead of fixed numbers, so one round of feedback cannot be turned into a
+lookup table. The judge calls :func:`use_submission` with a key derived from the submission's
+content and the course secret before it runs a submission's tests; anywhere else (executing a
+solution notebook, the report, the test suite) the key is empty and the seeds are fixed.
+
+Hidden tests must pass for *every* seed: choose inputs whose correct answers are non-trivial
+(receivers with senders below them, values that differ from zeros) whatever the draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+_key: bytes = b""
+
+
+def use_submission(key: bytes) -> None:
+    """Set the key the hidden tests' seeds derive from (the judge does this per submission)."""
+    global _key
+    _key = bytes(key)
+
+
+def seed(label: str) -> int:
+    """A seed in [0, 2**31) for the hidden input called ``label``."""
+    digest = hashlib.sha256(_key + b"\0" + label.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (1 << 31)
+
+
+def generator(label: str):
+    """A ``torch.Generator`` seeded with ``seed(label)``."""
+    import torch
+
+    return torch.Generator().manual_seed(seed(label))
