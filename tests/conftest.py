@@ -46,3 +46,13 @@ def ioi(tiny_model):
 @pytest.fixture(scope="session")
 def abc(ioi):
     return ioi.gen_flipped_prompts(ABC_FLIP)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
+    try:
+        from tests.mutation import SCORES
+    except ImportError:
+        return
+    for nb, (caught, tried) in sorted(SCORES.items()):
+        terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
