@@ -4,8 +4,9 @@ A mutant replaces answer cells of a solution notebook (by ``grade_id``) with a w
 names the test cells (by ``grade_id``) that must then fail. ``tests/mutants/nbXX.py`` lists them
 for notebook XX as ``MUTANTS = [Mutant(label=..., cells={answer_id: source}, fails=[test_id, ...])]``.
 
-:class:`NotebookRun` executes a solution notebook's code cells once, in this process, on the
-default (embedded) model, test cells included with their hidden tests, as the judge runs them.
+:class:`NotebookRun` executes a solution notebook once, in this process, on the default (embedded)
+model, as the judge does: the answer cells, the locked cells the tests and answers need, and every
+test cell with its hidden tests (cells that only show results are left to the report's run).
 Each mutant then re-executes only its replacement cells in a copy of that namespace and runs the
 named test cells (visible and hidden code) there; each must raise.
 """
@@ -47,6 +48,7 @@ class NotebookRun:
         self.kind: dict[str, str] = {}
         self.ns: dict = {"__name__": "__main__"}
         self.test_errors: dict[str, str] = {}
+        self.locked: set[str] = set()
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -55,13 +57,37 @@ class NotebookRun:
             self.order.append(gid)
             self.source[gid] = cell.source
             self.kind[gid] = "test" if meta.get("grade") else "answer" if meta.get("solution") else "locked"
+            if meta.get("locked"):
+                self.locked.add(gid)
+        needed = self._needed()
         for gid in self.order:
             if self.kind[gid] == "test":
                 err = self.run_test(gid, self.ns)
                 if err:
                     self.test_errors[gid] = err
-            else:
-                self._exec(self.source[gid], gid, self.ns)
+            elif gid in needed:
+                try:
+                    self._exec(self.source[gid], gid, self.ns)
+                except NameError:
+                    if self.kind[gid] == "answer":
+                        raise
+                    # a locked cell that reads results of a skipped display cell: no test needs it
+
+    def _needed(self) -> set[str]:
+        """Answer cells, and the locked cells that tests or answers use (as the judge runs them);
+        cells that only show results (plots, sweeps, summaries) are skipped."""
+        from grader.intake import defined_names, used_names
+
+        need: set[str] = set()
+        out: set[str] = set()
+        for gid in reversed(self.order):
+            kind, code = self.kind[gid], self.source[gid]
+            if kind == "test":
+                need |= used_names(code)
+            elif kind == "answer" or (kind == "locked" and gid in self.locked and defined_names(code) & need):
+                out.add(gid)
+                need |= used_names(code)
+        return out
 
     @property
     def answer_ids(self) -> list[str]:

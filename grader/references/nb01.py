@@ -176,7 +176,7 @@ def attention_drops(s: float, d1: float, d2: float) -> tuple[float, float, float
 
 
 # ------------------------------------------------------------------------------ hidden-test inputs
-def small_ioi(model, label: str, n: int = 6):
+def small_ioi(model, label: str, n: int = 4):
     """A few IOI prompts and their ABC corruption, drawn for the hidden input ``label``."""
     from grader.hidden import seed
     from ioi_anomalies import ABC_FLIP, IOIDataset
@@ -185,7 +185,7 @@ def small_ioi(model, label: str, n: int = 6):
     return ds, ds.gen_flipped_prompts(ABC_FLIP)
 
 
-def path_case(model, label: str, n_senders: int = 1, pool: int = 3, receiver_input: str = "k"):
+def path_case(model, label: str, n_senders: int = 1, pool: int = 2, receiver_input: str = "k"):
     """A non-trivial path-patching case for the hidden input ``label``.
 
     Receivers: a head of the top layer, and sometimes one of the layer below it. Senders:
