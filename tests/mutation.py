@@ -101,15 +101,20 @@ class NotebookRun:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(code, f"<{self.assignment}:{name}>", "exec"), ns)
 
-    def run_test(self, test_id: str, ns: dict) -> str | None:
-        """None if the test cell passes in (a copy of) ``ns``, else the reason it failed."""
+    def run_test(self, test_id: str, ns: dict, key: bytes = b"") -> str | None:
+        """None if the test cell passes in (a copy of) ``ns``, else the reason it failed.
+
+        ``key`` is the submission key the hidden tests draw their inputs from (as the judge sets it).
+        """
         from grader.hidden import use_submission
 
-        use_submission(b"")
+        use_submission(key)
         try:
             self._exec(self.source[test_id], test_id, dict(ns))
         except Exception as e:  # noqa: BLE001 - any failure of a test is a lost point
             return f"{type(e).__name__}: {e}".strip()[:300] or traceback.format_exc()[-300:]
+        finally:
+            use_submission(b"")
         return None
 
     def survivors(self, mutant: Mutant) -> list[str]:

@@ -36,6 +36,15 @@ def test_the_solution_passes_every_test(file):
 
 
 @pytest.mark.parametrize("file", MUTANT_FILES)
+def test_the_solution_passes_for_other_submission_keys(file):
+    """Hidden tests draw other inputs for every submission; the right answer passes them all."""
+    run = run_of(file)
+    for key in (b"another student",):
+        failed = {t: err for t in run.test_ids if (err := run.run_test(t, run.ns, key))}
+        assert not failed, (key, failed)
+
+
+@pytest.mark.parametrize("file", MUTANT_FILES)
 def test_every_graded_test_has_mutants(file):
     run = run_of(file)
     named = {t for f, m in CASES if f == file for t in m.fails}
