@@ -315,16 +315,13 @@ class Receivers:
         return max(self.heads_at)
 
     def read(self, qkv: QKV) -> Tensor:
-        """The patched input out of the receiver heads' q, k and v."""
+        """The receivers' patched input (q, k or v) out of ``qkv``."""
         return getattr(qkv, self.input)
 
-    def patch(self, qkv: QKV, layer: int, patched: Tensor | None, all_heads: bool) -> QKV:
-        """``qkv`` at ``layer`` with the receivers' input set to ``patched``: ``qkv`` holds every
-        head when ``all_heads``, else only this layer's receiver heads."""
+    def patch(self, qkv: QKV, layer: int, patched: Tensor | None) -> QKV:
+        """Every head's ``qkv`` at ``layer`` with the receivers' input set to ``patched``, if any."""
         if patched is None:
             return qkv
-        if not all_heads:
-            return qkv._replace(**{self.input: patched})
         x = self.read(qkv).clone()  # a new tensor: autograd may be watching
         x[:, :, self.heads_at[layer]] = patched
         return qkv._replace(**{self.input: x})
@@ -412,10 +409,11 @@ class PathPatchingEngine:
     def _sender_writes(self, sets: list[list[Head]], layer: int) -> Tensor | None:
         """Per sender set, what its heads at ``layer`` write: [set, active token, d_model], or
         None when no set has a head there."""
-        if not any(l == layer for s in sets for l, _ in s):
+        heads_per_set = [[h for l, h in s if l == layer] for s in sets]
+        if not any(heads_per_set):
             return None
         nothing = torch.zeros_like(self.clean.resid_pre[0])
-        return torch.stack([self._head_write(layer, heads) if heads else nothing for heads in ([h for l, h in s if l == layer] for s in sets)])
+        return torch.stack([self._head_write(layer, heads) if heads else nothing for heads in heads_per_set])
 
     def _frozen_run(self, start: int, n_runs: int, writes: Callable[[int], Tensor | None], receivers: Receivers) -> dict[int, Tensor]:
         """Step 1 for ``n_runs`` runs at once, from layer ``start``: every head frozen to its clean
@@ -447,14 +445,14 @@ class PathPatchingEngine:
         resid = self._first_receivers_layer(first, inputs[first], receivers)
         if self.full_metric:  # every logit is read: every layer at every (active) token
             for layer in range(first + 1, last + 1):
-                resid = self._layer(layer, resid, inputs.get(layer), receivers)
+                resid = self._patched_layer(layer, resid, inputs.get(layer), receivers)
             return self._metric_of_all_logits(resid)
         for layer in range(first + 1, last):
-            resid = self._layer(layer, resid, inputs.get(layer), receivers)
+            resid = self._patched_layer(layer, resid, inputs.get(layer), receivers)
         if first == last:
             ends = resid[:, self.tokens.end_active]
         else:  # the last layer: only the ENDs' queries reach the metric
-            ends = self._layer(last, resid, inputs.get(last), receivers, ends_only=True)
+            ends = self._patched_layer(last, resid, inputs.get(last), receivers, ends_only=True)
         return self.metric.from_end_logits(self.w.logits(ends[:, self.tokens.unorder]))
 
     def _first_receivers_layer(self, layer: int, patched: Tensor, receivers: Receivers) -> Tensor:
@@ -462,18 +460,18 @@ class PathPatchingEngine:
         keeps its clean output. Returns the residual stream after the layer: [run, active token, d_model]."""
         heads = receivers.heads_at[layer]
         resid = self.clean.resid_pre[layer].expand(patched.shape[0], -1, -1)
-        qkv = receivers.patch(self.w.qkv(layer, resid, heads), layer, patched, all_heads=False)
+        qkv = self.w.qkv(layer, resid, heads)._replace(**{receivers.input: patched})
         q, k, v = (self.tokens.fill(clean[:, heads], x) for clean, x in zip(self.clean_qkv(layer), qkv))
         z = self.tokens.only_active(self.tokens.attend(q, k, v))
         out = self.clean.attn_out[layer] + self.w.attn_out(layer, z - self.clean.z[layer][:, heads], heads)
         mid = resid + out
         return mid + self.w.mlp(layer, mid)
 
-    def _layer(self, layer: int, resid: Tensor, patched: Tensor | None, receivers: Receivers, ends_only: bool = False) -> Tensor:
+    def _patched_layer(self, layer: int, resid: Tensor, patched: Tensor | None, receivers: Receivers, ends_only: bool = False) -> Tensor:
         """A layer above the first patched one: every head recomputed, the receivers' input set
         to ``patched`` (if any here). [run, active token, d_model] -> the same, or with
         ``ends_only`` each prompt's END only: [run, prompt, d_model], in packed prompt order."""
-        q, k, v = receivers.patch(self.w.qkv(layer, resid), layer, patched, all_heads=True)
+        q, k, v = receivers.patch(self.w.qkv(layer, resid), layer, patched)
         clean_q, clean_k, clean_v = self.clean_qkv(layer)
         k, v = self.tokens.fill(clean_k, k), self.tokens.fill(clean_v, v)
         if ends_only:
@@ -547,17 +545,17 @@ class PathPatchingEngine:
         if not hasattr(self.metric, "from_end_logits"):
             raise ValueError("attribution_path_patching needs a metric with from_end_logits (see make_ioi_metric).")
         recv = Receivers.of(self.model, receivers, receiver_input)
-        n_layers = recv.top_layer
-        estimate = torch.zeros(n_layers, self.w.n_heads)
-        if n_layers == 0:  # receivers in layer 0 only: no head can send to them
+        sender_layers = recv.top_layer
+        estimate = torch.zeros(sender_layers, self.w.n_heads)
+        if sender_layers == 0:  # receivers in layer 0 only: no head can send to them
             return estimate
         with torch.enable_grad():
-            taps = [torch.zeros_like(self.clean.resid_pre[0], requires_grad=True) for _ in range(n_layers)]
-            inputs = self._frozen_run(0, 1, taps.__getitem__, recv)
+            taps = [torch.zeros_like(self.clean.resid_pre[0], requires_grad=True) for _ in range(sender_layers)]
+            inputs = self._frozen_run(0, 1, lambda layer: taps[layer], recv)
             if 0 in recv.heads_at:
                 inputs[0] = self._clean_receiver_input(0, recv)
             grads = torch.autograd.grad(self._receivers_pass(inputs, recv)[0], taps)
-        for layer in range(n_layers):
+        for layer in range(sender_layers):
             for head in range(self.w.n_heads):
                 estimate[layer, head] = (self._head_write(layer, [head]) * grads[layer]).sum().item()
         return estimate + self.clean_metric(receivers, receiver_input)
