@@ -96,10 +96,11 @@ def _error_message(outputs) -> str:
             ename, evalue = out.get("ename", "Error"), _plain(out.get("evalue", ""))
             where = ""
             tb = [_plain(t) for t in out.get("traceback", [])]
-            # the last "----> N line" of the traceback: the line that raised
+            # IPython marks each frame's current line with "---->"
             arrows = [line for t in tb for line in t.splitlines() if line.lstrip().startswith("---->")]
-            if arrows:
-                where = "\nat: " + re.sub(r"^\s*---->\s*\d*\s*", "", arrows[-1]).strip()
+            lines = [re.sub(r"^\s*---->\s*\d*\s*", "", a).strip() for a in arrows]
+            if lines:  # the cell's line, then the line that raised when it is elsewhere (inside a function)
+                where = f"\nat: {lines[0]}" + (f"\nraised by: {lines[-1]}" if len(lines) > 1 and lines[-1] != lines[0] else "")
             return f"{ename}: {evalue}".rstrip(": ") + where
     return ""
 
