@@ -94,6 +94,8 @@ def test_student_lab_has_no_instructor_tools_and_validate_keeps_notebooks_clean(
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from tools.lab import INSTRUCTOR_LAB_PLUGINS
+
     base, work = student_lab
     assert _get(f"{base}/formgrader?token={TOKEN}") == 404, "the formgrader server extension is off"
     assert _get(f"{base}/nbgrader_version?token={TOKEN}&version=0.9.6") == 200, "the validate extension is on"
@@ -102,8 +104,10 @@ def test_student_lab_has_no_instructor_tools_and_validate_keeps_notebooks_clean(
     browser.get(f"{base}/lab/tree/{A}/{A}.ipynb?token={TOKEN}")
     wait = WebDriverWait(browser, 180)
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".validate-button button, button.validate-button, .validate-button")))
+    plugins = browser.execute_script("return window.jupyterapp.listPlugins()")
+    assert "@jupyter/nbgrader:validate-assignment" in plugins and "@jupyter/nbgrader:assignment-list" in plugins, plugins
+    assert not [p for p in INSTRUCTOR_LAB_PLUGINS if p in plugins], "the instructor's nbgrader plugins are off"
     commands = browser.execute_script("return window.jupyterapp.commands.listCommands()")
-    assert "nbgrader:validate-assignment" in commands or any("validate" in c for c in commands)
     assert not [c for c in commands if c in ("nbgrader:open-create-assignment", "nbgrader:open-formgrader", "nbgrader:open-course-list")]
     menus = browser.execute_script("return [...document.querySelectorAll('.lm-MenuBar-itemLabel')].map(e => e.textContent)")
     assert "File" in menus and "Nbgrader" not in menus, menus
