@@ -106,11 +106,14 @@ def leaked(text: str, secret: set[str]) -> list[str]:
 
     views = [text, html.unescape(text)]
     try:
-        views.append(json.dumps(json.loads(text), ensure_ascii=False))
-        nb = json.loads(text)
-        views.append("\n".join("".join(c.get("source", "")) for c in nb.get("cells", [])))
-    except (ValueError, AttributeError):
-        pass
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if data is not None:
+        views.append(json.dumps(data, ensure_ascii=False))
+        cells = data.get("cells") if isinstance(data, dict) else None
+        if isinstance(cells, list):  # a notebook: its sources as the student reads them
+            views.append("\n".join("".join(c.get("source", "")) for c in cells if isinstance(c, dict)))
     return sorted(s for s in secret if any(s in v for v in views))
 
 

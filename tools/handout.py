@@ -48,7 +48,7 @@ python3.11 -m venv .venv
 ## Work
 
 ```bash
-JUPYTER_CONFIG_DIR=.jupyter .venv/bin/jupyter lab notebooks/
+JUPYTER_CONFIG_DIR=.jupyter .venv/bin/jupyter lab    # from this folder: Validate button on, instructor tools off
 ```
 
 Your work lives in `notebooks/<assignment>/<assignment>.ipynb` of this folder: keep a copy. Each
