@@ -95,6 +95,7 @@ def test_the_slow_kernel_breaks_plain_nbclient_defaults(slow_kernel, tmp_path, m
                        resources={"metadata": {"path": str(tmp_path)}}).execute()
 
 
+@pytest.mark.slow
 def test_one_right_and_one_wrong_exercise_on_a_slow_kernel(slow_kernel, tmp_path):
     from grader.examples import WRONG_EDITS
 

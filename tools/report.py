@@ -39,7 +39,7 @@ body{font-family:system-ui,-apple-system,sans-serif;max-width:70rem;margin:1.5re
 pre{background:#f6f8fa;padding:.6rem .8rem;overflow-x:auto;font-size:.85rem;border-radius:4px}
 .code pre{border-left:3px solid #8fb3e0}.out pre{background:#fff;border-left:3px solid #ccc}
 .err pre{background:#fff0f0;border-left:3px solid #d33}nav a{margin-right:1rem}
-.plot{width:100%;min-height:420px}img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem}
+.caption{font-size:.8rem;color:#57606a;font-style:italic}.plot{width:100%;min-height:420px}img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem}
 """
 
 
@@ -123,7 +123,9 @@ def render(nb, title: str, nav: str, cv_inline: str) -> str:
             continue
         if cell.cell_type != "code":
             continue
-        body.append(f"<div class='code'><pre>{e(_strip_markers(shown))}</pre></div>")
+        answer = cell.metadata.get("nbgrader", {}).get("solution")
+        caption = "<div class='caption'>your answer goes here; below, the output it should give</div>" if answer else ""
+        body.append(f"<div class='code'>{caption}<pre>{e(_strip_markers(shown))}</pre></div>")
         for out in cell.get("outputs", []):
             kind = out.get("output_type")
             if kind == "stream":
