@@ -110,7 +110,7 @@ def test_one_right_and_one_wrong_exercise_on_a_slow_kernel(slow_kernel, tmp_path
     assert r.returncode == 1, out[-3000:] + r.stderr[-3000:]
     assert "\x1b[" not in out and "<div" not in out, "plain text"
     tests = _headings(nb)
-    assert f"FAILED  test_induction_score" in out and "induction_score of a perfect pattern" in out, out
+    assert "FAILED  test_induction_score" in out and "induction_score of a perfect pattern" in out, out
     for gid in set(tests) - {"test_induction_score"}:
         assert f"passed  {gid}" in out, (gid, out)
     assert tests["test_induction_score"] in out, "the failure is listed under its exercise heading"
