@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ioi_anomalies.hooks import assert_no_hooks, run_and_cache
-from ioi_anomalies.path_patching import _check_receivers as check_receivers  # input validation only
+from ioi_anomalies.heads import check_receivers  # input validation only
 
 Head = tuple[int, int]
 
