@@ -3,8 +3,9 @@
 What is enforced on Linux (see the README's grader section):
 
 - files: the sandbox sees the system (``/usr``, ``/etc``, ...), the Python install and the
-  ``ioi_anomalies`` package read-only, the Hugging Face hub cache read-only when GPT-2 grades
-  (wherever ``HF_HUB_CACHE``/``HF_HOME``/the default puts it), and the submission read-only. The
+  ``ioi_anomalies`` package read-only, the Hugging Face hub cache read-only at ``/opt/hf-hub``
+  when GPT-2 grades (from wherever ``HF_HUB_CACHE``/``HF_HOME``/the default puts it, passed as
+  ``HF_HUB_CACHE``), and the submission read-only. The
   repository, solutions, hidden tests, the gradebook and other submissions are not there.
 - disk: everything it can write is memory that vanishes with it: its home (a copy of the
   submission) and its private ``/tmp`` (``TMPDIR``) share one tmpfs of ``disk_mb``; ``/dev/shm``
@@ -35,6 +36,7 @@ NOBODY = 65534
 FILE_LIMIT = 1 << 30  # no file grows past 1 GiB
 SHM_LIMIT = 64 << 20  # /dev/shm, apart from disk_mb
 SUBMISSION = Path("/submission")  # the submission, read-only; the worker copies it into its home
+HF_HUB = Path("/opt/hf-hub")  # the Hugging Face hub cache, read-only, wherever it is on the host
 
 
 class SandboxUnavailable(RuntimeError):
@@ -72,10 +74,6 @@ def _ro_paths(cfg: Config) -> list[Path]:
 
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent,
              Path(ioi_anomalies.__file__).resolve().parent}
-    if cfg.model != "embedded":
-        hub = hf_hub_cache()
-        if hub.exists():
-            paths.add(hub.resolve())
     return sorted(paths)
 
 
@@ -99,7 +97,7 @@ def worker_env(cfg: Config, home: Path, tmp: str = "/tmp") -> dict:
     }
     if cfg.model != "embedded":  # the hub cache, read-only, wherever the instructor's environment puts it
         env["HF_HOME"] = str(home / ".cache" / "huggingface")
-        env["HF_HUB_CACHE"] = str(hf_hub_cache().resolve())
+        env["HF_HUB_CACHE"] = str(HF_HUB) if cfg.sandbox != "none" else str(hf_hub_cache())
     env.update(cfg.extra_env)
     return env
 
@@ -152,6 +150,8 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
         for p in _ro_paths(cfg):
             cmd += parents(p) + ["--ro-bind", str(p), str(p)]
         cmd += ["--ro-bind", str(workdir), str(SUBMISSION)]
+        if cfg.model != "embedded" and hf_hub_cache().is_dir():
+            cmd += parents(HF_HUB) + ["--ro-bind", str(hf_hub_cache().resolve()), str(HF_HUB)]
         cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home),
                                 "--perms", "1777", "--dir", str(tmp), "--symlink", str(tmp), "/tmp",
                                 "--chdir", str(home), "--clearenv"]
