@@ -141,6 +141,9 @@ class Worker:
                 req = self.recv()
             except EOFError:
                 return
+            except Exception as e:  # noqa: BLE001 - e.g. a name the judge shares that this side never defined
+                self.send({"error": _describe(e)})
+                continue
             if req.get("op") == "bye":
                 self.send({"ok": True})
                 return

@@ -588,6 +588,8 @@ def _gpt2_shaped_cache(hf_home: Path) -> None:
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config()).save_pretrained(snap)
     save_tokenizer(snap)
+    for f in snap.iterdir():  # as the hub writes its cache (safetensors alone would leave the weights 0600)
+        f.chmod(0o644)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
 
@@ -610,5 +612,28 @@ def test_gpt2_small_loads_in_the_sandbox_from_the_cache_where_hf_home_puts_it(tm
     nbformat.write(variant(edit), cfg.solutions / A / f"{A}.ipynb")
     submit(cfg, "gpt", variant(edit), "toy.ipynb")
     r = autograde(cfg, [A], progress=False, record=False)[0]
+    assert r["cell_errors"] == [], r["cell_errors"]  # the student's process loaded it too, not only the judge
     assert r["tests"]["test_double"]["state"] == "passed", json.dumps(r, indent=1)[:3000]
     assert (r["status"], r["score"]) == ("graded", 3.0), r["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("IOI_ANOMALIES_SLOW"), reason="grades a whole solution on a GPT-2-small-shaped model; "
+                    "set IOI_ANOMALIES_SLOW=1 to run")
+def test_a_whole_solution_grades_in_full_on_a_gpt2_small_shaped_model(tmp_path, monkeypatch):
+    """The first notebook's solution, graded with `model = "gpt2-small"` on random weights in the hub cache layout."""
+    nb = "01_early_induction_heads"
+    hf_home = tmp_path / "hf"
+    _gpt2_shaped_cache(hf_home)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    cfg = Config(solutions=ROOT / "solutions", submitted=tmp_path / "submitted", results=tmp_path / "results",
+                 feedback=tmp_path / "feedback", grades=tmp_path / "grades.csv", roster=tmp_path / "roster.csv",
+                 course=tmp_path / "course", jobs=1, model="gpt2-small", wall_time_s=1800)
+    (cfg.submitted / "sol" / nb).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / nb / f"{nb}.ipynb", cfg.submitted / "sol" / nb / f"{nb}.ipynb")
+    t0 = time.monotonic()
+    r = autograde(cfg, [nb], progress=False, record=False)[0]
+    print(f"grading {nb} on a GPT-2-small-shaped model: {time.monotonic() - t0:.0f} s, judge peak RSS {r.get('judge_peak_rss_mb')} MB")
+    assert r["status"] == "graded" and r["score"] == r["max_score"], (r["reason"], r.get("worker_log"), r["cell_errors"],
+                                                                      {k: v for k, v in r["tests"].items() if v["state"] != "passed"})
