@@ -365,11 +365,39 @@ def failure_site(code: str, filename: str, tb) -> tuple[str | None, bool, bool]:
     return line, False, frames[-1].filename == filename
 
 
+def literal_message(code: str, filename: str, tb) -> bool:
+    """Whether the statement of the test that failed gives its message as a plain string literal.
+
+    The ``assert``'s message or the ``what`` of ``check_close``/``check_heads`` on the failing line;
+    an f-string or any other expression could carry hidden inputs or expected values.
+    """
+    import ast
+
+    ours = [f for f in traceback.extract_tb(tb) if f.filename == filename]
+    if not ours:
+        return False
+    lineno = ours[-1].lineno or 0
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) is None or not node.lineno <= lineno <= (node.end_lineno or node.lineno):
+            continue
+        if isinstance(node, ast.Assert):
+            return isinstance(node.msg, ast.Constant) and isinstance(node.msg.value, str)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("check_close", "check_heads"):
+            what = node.args[2] if len(node.args) > 2 else next((k.value for k in node.keywords if k.arg == "what"), None)
+            return isinstance(what, ast.Constant) and isinstance(what.value, str)
+    return False
+
+
 _BUILTIN_ERRORS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type) and issubclass(getattr(builtins, n), BaseException)}
 _NOT_PLAIN_HINT = "return tensors, numbers, strings, or lists, tuples, dicts or sets of them"
 
 
-def failure_message(e: BaseException, line: str | None, hidden: bool, raised_here: bool) -> tuple[str, str | None]:
+def failure_message(e: BaseException, line: str | None, hidden: bool, raised_here: bool,
+                    literal: bool = True) -> tuple[str, str | None]:
     """The message (and the student's traceback, visible tests only) for a failed test.
 
     A failure inside hidden test code shows only the property that failed: the ``what`` of a
@@ -389,11 +417,11 @@ def failure_message(e: BaseException, line: str | None, hidden: bool, raised_her
         if hidden:
             return f"during a hidden test your code returned something that is not plain data ({_NOT_PLAIN_HINT})", None
         return f"your code returned something that is not plain data: {e}", None
-    if hidden:
+    if hidden:  # ``literal``: the property is written as a plain string in the test (no f-string values)
         what = getattr(e, "what", None)
-        if isinstance(e, AssertionError) and isinstance(what, str) and what.strip():
+        if literal and isinstance(e, AssertionError) and isinstance(what, str) and what.strip():
             return f"hidden test failed: {what.strip()}", None
-        if type(e) is AssertionError and raised_here and str(e).strip():
+        if literal and type(e) is AssertionError and raised_here and str(e).strip():
             return f"hidden test failed: {str(e).strip()}", None
         return f"a hidden test failed ({type(e).__name__})", None
     msg = str(e).strip()
@@ -565,7 +593,7 @@ class Judge:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the test is a failed test
             line, hidden, here = failure_site(step.code, filename, e.__traceback__)
-            msg, tb = failure_message(e, line, hidden, here)
+            msg, tb = failure_message(e, line, hidden, here, literal_message(step.code, filename, e.__traceback__))
             out = {**base, "state": "failed", "failed_in": "hidden" if hidden else "visible", "message": msg}
             if tb:
                 out["traceback"] = tb

@@ -284,3 +284,21 @@ def test_nbgrader_metadata_of_the_wrong_shape_counts_as_none(tmp_path):
     nb = read_notebook(p)
     assert [c.source for c in nb.cells] == ["x = 1\n", "y", ""]
     assert all("nbgrader" not in c.metadata for c in nb.cells)
+
+
+def test_a_hidden_message_built_with_values_is_not_shown():
+    from grader.judge import literal_message
+
+    code = ("### BEGIN HIDDEN TESTS\nexpected = [1, 2]\ngot = [2, 1]\n"
+            "assert got == expected, f'got {got}, expected {expected}'\n### END HIDDEN TESTS")
+    e = _raise_in_test(code, {})
+    assert not literal_message(code, "<test t>", e.__traceback__)
+    msg, _ = failure_message(e, *failure_site(code, "<test t>", e.__traceback__), literal_message(code, "<test t>", e.__traceback__))
+    assert msg == "a hidden test failed (AssertionError)"
+    code = ("### BEGIN HIDDEN TESTS\nfor n in (3,):\n    check_close(torch.zeros(n), torch.ones(n),\n"
+            "                f'zeros of {n}')\n### END HIDDEN TESTS")
+    e = _raise_in_test(code, {"torch": torch, "check_close": check_close})
+    assert not literal_message(code, "<test t>", e.__traceback__)
+    code = code.replace("f'zeros of {n}'", "'zeros'")
+    e = _raise_in_test(code, {"torch": torch, "check_close": check_close})
+    assert literal_message(code, "<test t>", e.__traceback__)
