@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name ioi-anomalies --display-name "Python (ioi-anomalies)" >/dev/null
 	touch $(STAMP)
 
@@ -50,7 +50,7 @@ bench-grader: setup
 
 # The instructor's grading commands (settings: grader/grader_config.toml; python -m grader --help).
 autograde: setup
-	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(ASSIGNMENTS)
+	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(if $(CLUSTER),--cluster $(CLUSTER),) $(ASSIGNMENTS)
 
 feedback: setup
 	$(PY) -m grader feedback $(ASSIGNMENTS)
