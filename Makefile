@@ -7,7 +7,7 @@ MODEL ?=
 export PYTHONHASHSEED := 0
 
 JOBS ?=
-.PHONY: setup system-deps test demo bench bench-grader clean release validate lab autograde feedback export formgrader manual-sheet manual-import examples report
+.PHONY: setup system-deps test demo bench bench-grader bench-cluster clean release validate lab autograde feedback export formgrader manual-sheet manual-import examples report
 
 # bubblewrap sandboxes student code while it is graded; chromium checks the web report.
 SYSTEM_PACKAGES := bubblewrap chromium chromium-driver
@@ -47,6 +47,10 @@ bench: setup
 
 bench-grader: setup
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only jobs $(BENCH_ARGS)
+
+# The same submissions graded locally (JOBS=2) and on a 2-worker Dask LocalCluster (BENCH_ARGS="--n 4": a short run).
+bench-cluster: setup
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only cluster $(BENCH_ARGS)
 
 # The instructor's grading commands (settings: grader/grader_config.toml; python -m grader --help).
 autograde: setup
