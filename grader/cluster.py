@@ -31,11 +31,11 @@ import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from .config import ROOT, Config
+from .config import Config
 
 RETRIES = 2  # a job that raises on a worker (not the student's code: that is graded) is tried this many more times
 ALLOWED_FAILURES = 3  # workers a job may take down with it before it counts as failed (LocalCluster)
@@ -62,11 +62,6 @@ class Job:
     submission_sha256: str  # as the client computes it (what a re-run compares against)
     cfg: Config
     environment: str = ""  # the client's `environment_digest()`; empty: not checked
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return len(self.source_text) + sum(len(b) for _, b in self.files)
 
 
 def submission_files(folder: Path) -> list[tuple[str, bytes]]:
@@ -137,7 +132,7 @@ def grader_error(student: str, assignment: str, reason: str) -> dict:
     return {"student": student, "assignment": assignment, "status": "grader_error", "reason": reason, "score": 0.0, "tests": {}}
 
 
-_ENV_DIGEST: str | None = None
+_ENV_DIGEST: tuple[tuple, str] = ((), "")
 _ENV_PACKAGES = ("torch", "transformer-lens", "transformers", "tokenizers", "nbgrader", "nbformat", "numpy")
 
 
@@ -145,28 +140,30 @@ def environment_digest() -> str:
     """What a grade depends on in the grading machine's install: the grader's and the package's files, the pinned libraries.
 
     A worker whose digest differs from the client's would grade with other references or another
-    model, so it refuses the job (see the README: install the same commit on every worker).
+    model, so it refuses the job (see the README: install the same commit on every worker). The
+    files are read again whenever one of them changes on disk.
     """
     global _ENV_DIGEST
-    if _ENV_DIGEST is None:
-        from importlib.util import find_spec
+    from importlib.util import find_spec
 
+    spec = find_spec("ioi_anomalies")  # found, not imported: a worker answers without loading torch
+    pkg, grader = Path(spec.origin).resolve().parent, Path(__file__).resolve().parent
+    # the grader's code only: its folder also holds course data (submitted/, results/, ...)
+    files = sorted(p for p in [*pkg.rglob("*"), *grader.glob("*.py"), *(grader / "references").rglob("*.py")]
+                   if p.is_file() and "__pycache__" not in p.parts)
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    if stamp != _ENV_DIGEST[0]:
         h = hashlib.sha256()
-        spec = find_spec("ioi_anomalies")  # found, not imported: a worker answers without loading torch
-        pkg, grader = Path(spec.origin).resolve().parent, Path(__file__).resolve().parent
-        # the grader's code only: its folder also holds course data (submitted/, results/, ...)
-        files = [*pkg.rglob("*"), *grader.glob("*.py"), *(grader / "references").rglob("*.py")]
-        for p in sorted(files):
-            if p.is_file() and "__pycache__" not in p.parts:
-                base = pkg if pkg in p.parents else grader
-                h.update(f"{base.name}/{p.relative_to(base).as_posix()}".encode() + b"\0" + p.read_bytes())
+        for p in files:
+            base = pkg if pkg in p.parents else grader
+            h.update(f"{base.name}/{p.relative_to(base).as_posix()}".encode() + b"\0" + p.read_bytes())
         for name in _ENV_PACKAGES:
             try:
                 h.update(f"{name}=={metadata.version(name)}".encode())
             except metadata.PackageNotFoundError:
                 h.update(f"{name} missing".encode())
-        _ENV_DIGEST = h.hexdigest()
-    return _ENV_DIGEST
+        _ENV_DIGEST = (stamp, h.hexdigest())
+    return _ENV_DIGEST[1]
 
 
 def run_job(fn, job: Job) -> dict:

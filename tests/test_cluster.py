@@ -230,3 +230,16 @@ def test_a_class_graded_on_a_cluster_losing_a_worker_matches_local_grading(tmp_p
         assert gb.find_submission(A, "bob").score == 1.0
     again = ag.autograde(cfg, [A], progress=False, cluster="local:2")
     assert [r["graded_at"] for r in again] == [r["graded_at"] for r in results], "a re-run finds every grade current"
+
+
+def test_the_command_line_takes_a_cluster_and_explains_a_bad_one(tmp_path):
+    import subprocess
+
+    cfg = make_course(tmp_path)
+    cfg.submitted.mkdir()
+    toml = tmp_path / "grader.toml"
+    toml.write_text("[paths]\n" + "".join(f'{k} = "{getattr(cfg, k)}"\n' for k in ("solutions", "submitted", "results", "course", "grades", "roster")))
+    cmd = [sys.executable, "-m", "grader", "--config", str(toml), "autograde"]
+    bad = subprocess.run(cmd + ["--cluster", "my cluster"], capture_output=True, text=True, cwd=ag.ROOT)
+    assert bad.returncode == 2 and "local:N" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert "--cluster" in subprocess.run(cmd + ["--help"], capture_output=True, text=True).stdout
