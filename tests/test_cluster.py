@@ -192,7 +192,7 @@ def _kill_a_worker_mid_job(stop: threading.Event, killed: dict) -> None:
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
 def test_a_class_graded_on_a_cluster_losing_a_worker_matches_local_grading(tmp_path, monkeypatch):
-    cfg = make_course(tmp_path, wall_time_s=120)
+    cfg = make_course(tmp_path, wall_time_s=300)
     submit(cfg, "ann", variant(), "toy.ipynb")
     submit(cfg, "bob", variant(replace("means", "def row_means(x):\n    return x.sum(dim=1)")), "toy.ipynb")
     submit(cfg, "cat", variant(replace("double", "def double(x):\n    return x")), "toy.ipynb")
