@@ -87,7 +87,7 @@ def bench_jobs(n: int) -> dict:
 
 
 def bench_cluster(n: int) -> dict:
-    times, scores = {}, {}
+    times, scores, problems = {}, {}, {}
     for how, cluster in (("local", None), ("cluster", "local:2")):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = _class(Path(tmp), n).with_(jobs=2)
@@ -95,9 +95,11 @@ def bench_cluster(n: int) -> dict:
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False, cluster=cluster)
             times[how] = time.perf_counter() - t0
             scores[how] = [(r["status"], r["score"]) for r in res]
+            problems[how] = sorted({r.get("reason", "")[:300] for r in res if r["status"] != "graded"})
     return {"name": f"autograde_{n}_submissions_local_cluster_2_workers_vs_local_2_workers", "baseline": "local JOBS=2",
             "baseline_s": round(times["local"], 2), "project_s": round(times["cluster"], 2), "speedup": round(times["local"] / times["cluster"], 3),
-            "same_scores": scores["local"] == scores["cluster"], "statuses": sorted({s for s, _ in scores["cluster"]}), "max_abs_diff": 0.0,
+            "same_scores": scores["local"] == scores["cluster"], "statuses": sorted({s for s, _ in scores["cluster"]}),
+            "not_graded": {k: v for k, v in problems.items() if v}, "max_abs_diff": 0.0,
             "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25,
             "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
 
