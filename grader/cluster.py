@@ -241,8 +241,9 @@ class ClusterPool:
         try:
             if self.kind == "local":
                 with dask.config.set({"distributed.scheduler.allowed-failures": self.allowed_failures}):
+                    # no dashboard; the scheduler's health page on a free port (8787 may be taken)
                     self.cluster = LocalCluster(n_workers=self.target, threads_per_worker=1, processes=True, dashboard_address=None,
-                                                scheduler_port=0, silence_logs=40)
+                                                scheduler_kwargs={"dashboard_address": ":0"}, scheduler_port=0, silence_logs=40)
                 self.client = Client(self.cluster, set_as_default=False)
             elif self.kind == "file":
                 self.client = Client(scheduler_file=self.target, timeout=self.connect_timeout, set_as_default=False)

@@ -127,7 +127,8 @@ def local_cluster():
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0, silence_logs=50)
+        c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0, silence_logs=50,
+                         scheduler_kwargs={"dashboard_address": ":0"})  # its health page on a free port, not 8787
     yield c
     c.close()
 
