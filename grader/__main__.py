@@ -65,10 +65,16 @@ def _assignments(a, cfg) -> list[str]:
 
 def cmd_autograde(a) -> int:
     from .autograde import autograde
-    from .cluster import ClusterError
+    from .cluster import ClusterError, parse_address
     from .reports import collect, export, format_table, summary
 
     cfg = _cfg(a)
+    try:
+        if a.cluster:
+            parse_address(a.cluster, cfg.n_jobs)  # a mistyped address fails before anything is prepared
+    except ClusterError as e:
+        print(f"autograde: {e}", file=sys.stderr)
+        return 2
     if not cfg.submitted.is_dir():
         print(f"nothing to grade: {cfg.submitted} does not exist (submissions go to {cfg.submitted}/<student>/<assignment>/<notebook>.ipynb)",
               file=sys.stderr)
