@@ -63,7 +63,7 @@ MUTANTS = [
     Mutant("coefficients: codes of +-1 (half swings)", coefficients(("token = torch.tensor([0.5, 0.0, -0.5])", "token = torch.tensor([1.0, 0.0, -1.0])"), ("position = torch.tensor([0.5, -0.5])", "position = torch.tensor([1.0, -1.0])")), [T_COEF]),
     Mutant("coefficients: (p, t) swapped", coefficients((FIT, "return coef[2].item(), coef[1].item()")), [T_COEF]),
     Mutant("coefficients: token codes reversed", coefficients(("token = torch.tensor([0.5, 0.0, -0.5])", "token = torch.tensor([-0.5, 0.0, 0.5])")), [T_COEF]),
-    Mutant("coefficients: no intercept", coefficients(("X = torch.stack([torch.ones(6), token.repeat_interleave(2), position.repeat(3)], dim=1)", "X = torch.stack([token.repeat_interleave(2), position.repeat(3)], dim=1)"), (FIT, "return coef[0].item(), coef[1].item()")), [T_COEF]),
+    Mutant("coefficients: random and inverted rows swapped", coefficients(("token = torch.tensor([0.5, 0.0, -0.5])", "token = torch.tensor([0.5, -0.5, 0.0])")), [T_COEF]),
     Mutant("coefficients: token codes laid out along columns (transpose)", coefficients(("token.repeat_interleave(2), position.repeat(3)", "token.repeat(2), position.repeat_interleave(3)")), [T_COEF]),
     Mutant("coefficients: the row-to-row difference (the source's 0.75)", coefficients((FIT, "return (grid[0] - grid[1]).mean().item(), (grid[:, 0] - grid[:, 1]).mean().item()")), [T_COEF]),
     Mutant("coefficients: hard-coded from the visible test", coefficients((FIT, "return 2.0, 4.0")), [T_COEF]),
