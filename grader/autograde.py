@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,8 +216,23 @@ def _config_json(cfg: Config) -> str:
 JUDGE_GRACE_S = 60  # after the wall limit, the judge process itself is stopped
 
 
+def _die_with_parent():
+    """For the judge's process, run before it starts: it dies with the thread that started it (a lost worker leaves nothing running)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _judge_limits(cfg: Config):
+    """Run in the judge's process before it starts: its own address-space limit, no core files, and it dies with its parent."""
     mem = int(cfg.judge_memory_gb * (1 << 30))
+    die = _die_with_parent()
 
     def apply():
         import resource
@@ -224,6 +240,8 @@ def _judge_limits(cfg: Config):
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (mem, hard))  # the soft limit: the worker sets its own below the hard one
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if die is not None:
+            die()
 
     return apply
 
@@ -269,8 +287,12 @@ def missing_result(cfg: Config, student: str, assignment: str) -> dict:
 
 
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
-              progress: bool = True, record: bool = True) -> list[dict]:
-    """Grade everything submitted (and every roster student) for ``assignments``; returns the results."""
+              progress: bool = True, record: bool = True, cluster: str | None = None) -> list[dict]:
+    """Grade everything submitted (and every roster student) for ``assignments``; returns the results.
+
+    Each job runs ``run_child`` on a local thread (``cfg.n_jobs`` at a time) or, with ``cluster``
+    (an address, see ``grader/cluster.py``), on a Dask worker; results are recorded here either way.
+    """
     from tqdm.auto import tqdm
 
     assignments = assignments or graded_assignments(cfg)
@@ -292,13 +314,19 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
             ensure_assignment(cfg, a)
     course_secret(cfg)  # made once, before the judges start
     bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs)) as pool:
+    if cluster:
+        from .cluster import ClusterPool
+
+        executor = ClusterPool(cluster, jobs=cfg.n_jobs)
+    else:
+        executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs))
+    with executor as pool:
         futures = {}
         for s, a in todo:
             if (cfg.submitted / s / a).is_dir():
                 futures[pool.submit(run_child, cfg, s, a)] = (s, a)
-            else:
-                done = concurrent.futures.Future()
+            else:  # nothing submitted: recorded here, no worker started
+                done: concurrent.futures.Future = concurrent.futures.Future()
                 done.set_result(missing_result(cfg, s, a))
                 futures[done] = (s, a)
         for fut in as_completed(futures):
