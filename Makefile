@@ -7,7 +7,7 @@ MODEL ?=
 export PYTHONHASHSEED := 0
 
 JOBS ?=
-.PHONY: setup system-deps test demo bench bench-grader clean release validate lab handout autograde feedback export formgrader manual-sheet manual-import examples report
+.PHONY: setup system-deps test demo bench bench-grader bench-cluster clean release validate lab handout autograde feedback export formgrader manual-sheet manual-import examples report
 
 # bubblewrap sandboxes student code while it is graded; chromium checks the web report.
 SYSTEM_PACKAGES := bubblewrap chromium chromium-driver
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name ioi-anomalies --display-name "Python (ioi-anomalies)" >/dev/null
 	touch $(STAMP)
 
@@ -50,9 +50,13 @@ bench: setup
 bench-grader: setup
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only jobs $(BENCH_ARGS)
 
+# The same submissions graded locally (JOBS=2) and on a 2-worker Dask LocalCluster (BENCH_ARGS="--n 4": a short run).
+bench-cluster: setup
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only cluster $(BENCH_ARGS)
+
 # The instructor's grading commands (settings: grader/grader_config.toml; python -m grader --help).
 autograde: setup
-	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(ASSIGNMENTS)
+	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(if $(CLUSTER),--cluster $(CLUSTER),) $(ASSIGNMENTS)
 
 feedback: setup
 	$(PY) -m grader feedback $(ASSIGNMENTS)

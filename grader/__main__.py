@@ -65,14 +65,25 @@ def _assignments(a, cfg) -> list[str]:
 
 def cmd_autograde(a) -> int:
     from .autograde import autograde
+    from .cluster import ClusterError, parse_address
     from .reports import collect, export, format_table, summary
 
     cfg = _cfg(a)
+    try:
+        if a.cluster:
+            parse_address(a.cluster, cfg.n_jobs)  # a mistyped address fails before anything is prepared
+    except ClusterError as e:
+        print(f"autograde: {e}", file=sys.stderr)
+        return 2
     if not cfg.submitted.is_dir():
         print(f"nothing to grade: {cfg.submitted} does not exist (submissions go to {cfg.submitted}/<student>/<assignment>/<notebook>.ipynb)",
               file=sys.stderr)
         return 2
-    results = autograde(cfg, _assignments(a, cfg), only=a.student or None, force=a.force)
+    try:
+        results = autograde(cfg, _assignments(a, cfg), only=a.student or None, force=a.force, cluster=a.cluster)
+    except ClusterError as e:
+        print(f"autograde: {e}", file=sys.stderr)
+        return 2
     print(summary(results, cfg.results / "score_histogram.html"))
     path = export(cfg, _assignments(a, cfg))
     rows = [r for r in collect(cfg, _assignments(a, cfg)) if not a.student or r["student"] in a.student]
@@ -159,6 +170,8 @@ def main(argv=None) -> int:
     ag.add_argument("--model", help="embedded or gpt2-small (default: config)")
     ag.add_argument("--student", action="append", help="grade only this student (repeatable)")
     ag.add_argument("--force", action="store_true", help="regrade even when nothing changed")
+    ag.add_argument("--cluster", metavar="ADDRESS", help="grade on a Dask cluster: a scheduler address (tcp://host:8786), a "
+                    "scheduler file (.json), or local:N for N worker processes here (needs pip install '.[cluster]')")
     common(sub.add_parser("export", help="write grades.csv: one row per student and assignment, with statuses"))
     common(sub.add_parser("feedback", help="write one HTML feedback page per student and assignment"),
            paths=("submitted", "results", "feedback", "course", "roster"))
