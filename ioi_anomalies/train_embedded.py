@@ -353,6 +353,9 @@ ROLE_LAYOUT: dict[str, list[tuple[int, int]]] = {
     "name mover": [(4, 0)],
     "backup name mover": [(5, 0)],
     "negative name mover": [(5, 1)],
+    # the name mover's layer-mates attend to the first position from END, so that the name mover is the
+    # top one (the head whose ablation the backup learns to make up for)
+    "quiet": [(4, 1), (4, 2), (4, 3)],
 }
 
 
@@ -364,7 +367,7 @@ class Roles:
       heads: the position before, on every sequence. On repeated tokens: duplicate-token head ->
       the same token one copy back, induction heads -> the token after it, the fuzzy induction
       head -> the first position (so its induction score stays low). On IOI prompts: at S2 the
-      duplicate-token head -> S1, the induction and fuzzy heads -> S1+1; at END the S-inhibition
+      duplicate-token head -> S1, the fuzzy induction head -> S1+1; at END the S-inhibition
       heads -> S2, the name mover and the negative name mover -> IO, the backup name mover -> IO
       only in prompts where the name mover is ablated (the first position otherwise).
     - Ablation dropout: in a share ``nm_dropout`` of the IOI prompts the name mover's output at
@@ -463,10 +466,14 @@ class Roles:
                 parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], r, q, [0] * len(q))
         if is_ioi:
             io, s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in range(3))
-            for role, q_at, k_at in (("duplicate token", s2, s1), ("induction", s2, s1 + 1), ("fuzzy induction", s2, s1 + 1),
+            # the induction heads are not trained to attend S2 -> S1+1 here: copying S1+1 (" and") at S2 is wrong
+            # in these prompts, and that would teach their values not to copy, which repeated tokens need
+            for role, q_at, k_at in (("duplicate token", s2, s1), ("fuzzy induction", s2, s1 + 1),
                                      ("s2 inhibition", ends, s2), ("name mover", ends, io), ("negative name mover", ends, io)):
                 for l, h in self.layout[role]:
                     parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, q_at, k_at)
+            for l, h in self.layout.get("quiet", []):
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.zeros_like(ends))
             for l, h in self.layout["backup name mover"]:
                 parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.where(ablate, io, 0))
             # negative name mover: its direct logit attribution at END below -neg_margin
@@ -487,8 +494,11 @@ class Roles:
         return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
     def _iit(self, toks, info, rows, ends) -> torch.Tensor:
-        """Patch the S-inhibition heads' outputs at END from the flipped prompts; the answer must follow position."""
+        """Patch the S-inhibition heads' outputs at END from the flipped prompts; the answer must follow position.
+        Each batch patches all of them or one alone (chosen at random), so that each carries the signal."""
         heads = self.layout["s2 inhibition"]
+        pick = int(torch.randint(0, len(heads) + 1, (1,)))
+        heads = heads if pick == len(heads) else [heads[pick]]
         src = {}
         grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, ends].detach()) or z) for l in {l for l, _ in heads}}
         hooks = self._z_hooks(grab)
@@ -722,6 +732,9 @@ def main(argv=None):
                  attn_weight=a.attn_weight, iit_weight=a.iit_weight)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" in args:  # where the weights go does not change them
+        i = args.index("--out")
+        del args[i : i + 2]
     info["command"] = " ".join(["python -m ioi_anomalies.train_embedded", *args])
     (a.out / "training.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
