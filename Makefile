@@ -7,7 +7,7 @@ MODEL ?=
 export PYTHONHASHSEED := 0
 
 JOBS ?=
-.PHONY: setup system-deps test demo bench bench-grader clean release validate lab autograde feedback export formgrader manual-sheet manual-import examples report
+.PHONY: setup system-deps test demo bench bench-grader bench-cluster clean release validate lab handout autograde feedback export formgrader manual-sheet manual-import examples report
 
 # bubblewrap sandboxes student code while it is graded; chromium checks the web report.
 SYSTEM_PACKAGES := bubblewrap chromium chromium-driver
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name ioi-anomalies --display-name "Python (ioi-anomalies)" >/dev/null
 	touch $(STAMP)
 
@@ -33,9 +33,11 @@ setup: system-deps $(STAMP)
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The model at work, then the instructor's tour: release, grade the example class, print the table.
+# The model at work, the expected-output pages (build/report/, which the notebooks link), then the
+# instructor's tour: release, grade the example class, print the table.
 demo: setup
-	$(PY) -m ioi_anomalies.demo $(if $(MODEL),--model $(MODEL),) --out demo-output
+	$(PY) -m tools.demo $(if $(MODEL),--model $(MODEL),) --out demo-output
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m tools.report
 	HF_HUB_OFFLINE=1 $(PY) -m grader demo $(if $(JOBS),--jobs $(JOBS),)
 
 clean:
@@ -48,9 +50,13 @@ bench: setup
 bench-grader: setup
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only jobs $(BENCH_ARGS)
 
+# The same submissions graded locally (JOBS=2) and on a 2-worker Dask LocalCluster (BENCH_ARGS="--n 4": a short run).
+bench-cluster: setup
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only cluster $(BENCH_ARGS)
+
 # The instructor's grading commands (settings: grader/grader_config.toml; python -m grader --help).
 autograde: setup
-	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(ASSIGNMENTS)
+	$(PY) -m grader autograde $(if $(JOBS),--jobs $(JOBS),) $(if $(CLUSTER),--cluster $(CLUSTER),) $(ASSIGNMENTS)
 
 feedback: setup
 	$(PY) -m grader feedback $(ASSIGNMENTS)
@@ -65,12 +71,17 @@ manual-import: setup
 	@test -n "$(FILE)" || (echo "usage: make manual-import FILE=grader/manual_grades.csv" && exit 2)
 	$(PY) -m grader manual-import $(FILE)
 
+# The instructor's JupyterLab on the repository, with nbgrader's tools (PORT=8890 to choose the port).
 formgrader: setup
-	$(PY) -m grader formgrader
+	$(PY) -m grader formgrader $(if $(PORT),--port $(PORT),)
 
-# Every solution notebook executed and rendered to build/report/ (offline HTML).
+# The expected-output pages: every notebook solved and run, shown as released, in build/report/ (offline HTML).
 report: setup
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m grader.report
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m tools.report
+
+# The student hand-out of a graded course: build/handout/ioi-anomalies-handout/ and its .tar.gz.
+handout: report
+	$(PY) -m tools.handout
 
 examples: setup
 	$(PY) -m grader.examples
@@ -78,10 +89,11 @@ examples: setup
 release: setup
 	$(PY) -m grader release $(ASSIGNMENTS)
 
+# A student's self-check: visible tests of one notebook, plain-text report, exit 1 while one fails.
 validate: setup
-	@test -n "$(NB)" || (echo "usage: make validate NB=notebooks/<assignment>/<assignment>.ipynb" && exit 2)
-	IOI_ANOMALIES_MODEL=$${IOI_ANOMALIES_MODEL:-embedded} $(PY) -m grader validate $(NB)
+	@test -n "$(NB)" || (echo "usage: make validate NB=work/<assignment>/<assignment>.ipynb" && exit 2)
+	IOI_ANOMALIES_MODEL=$${IOI_ANOMALIES_MODEL:-embedded} HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m ioi_anomalies.validate $(NB)
 
-# JupyterLab on the repository (opening notebooks/), so the notebooks' links to build/report/ resolve.
+# The student's JupyterLab on their own copy of the assignments in work/ (PORT=8890, HEADLESS=1: no browser).
 lab: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(PY) -m tools.lab $(if $(PORT),--port $(PORT),) $(if $(HEADLESS),--headless,)

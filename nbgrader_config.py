@@ -15,4 +15,7 @@ c.CourseDirectory.feedback_directory = os.path.join(_course, "feedback")
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(_course, "gradebook.db")
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.enforce_metadata = True
-c.Execute.timeout = 300
+# the project's execution settings, shared with `make validate` and the Validate button
+from ioi_anomalies.validate import apply_execution_settings  # noqa: E402
+
+apply_execution_settings(c)

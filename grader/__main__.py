@@ -34,26 +34,11 @@ def release(assignments: list[str]) -> int:
     return 0
 
 
-def validate(path: str) -> int:
-    """Run a notebook top to bottom and report failing tests; exit 1 on any failure."""
-    from nbgrader.validator import Validator
+def validate(path: str, kernel: str | None = None) -> int:
+    """The student's self-check (``ioi_anomalies.validate``): visible tests, plain-text report, exit 1 on failure."""
+    from ioi_anomalies.validate import main as validate_main
 
-    nb = Path(path)
-    if not nb.exists():
-        print(f"{nb}: no such notebook", file=sys.stderr)
-        return 2
-    os.environ["PATH"] = config_mod.venv_env()["PATH"]
-    result = Validator().validate(str(nb))
-    problems = [(key, cell) for key in ("type_changed", "changed", "failed") for cell in result.get(key, [])]
-    if not problems:
-        print(f"{nb}: all visible tests pass (hidden tests run when it is graded)")
-        return 0
-    for kind, cell in problems:
-        src = cell.get("source", "")
-        err = cell.get("error", "")
-        print(f"--- {kind}: {src.strip().splitlines()[0] if src.strip() else ''}\n{err}\n")
-    print(f"{nb}: {len(problems)} problem(s)", file=sys.stderr)
-    return 1
+    return validate_main([path] + (["--kernel", kernel] if kernel else []))
 
 
 def _cfg(a) -> config_mod.Config:
@@ -80,14 +65,25 @@ def _assignments(a, cfg) -> list[str]:
 
 def cmd_autograde(a) -> int:
     from .autograde import autograde
+    from .cluster import ClusterError, parse_address
     from .reports import collect, export, format_table, summary
 
     cfg = _cfg(a)
+    try:
+        if a.cluster:
+            parse_address(a.cluster, cfg.n_jobs)  # a mistyped address fails before anything is prepared
+    except ClusterError as e:
+        print(f"autograde: {e}", file=sys.stderr)
+        return 2
     if not cfg.submitted.is_dir():
         print(f"nothing to grade: {cfg.submitted} does not exist (submissions go to {cfg.submitted}/<student>/<assignment>/<notebook>.ipynb)",
               file=sys.stderr)
         return 2
-    results = autograde(cfg, _assignments(a, cfg), only=a.student or None, force=a.force)
+    try:
+        results = autograde(cfg, _assignments(a, cfg), only=a.student or None, force=a.force, cluster=a.cluster)
+    except ClusterError as e:
+        print(f"autograde: {e}", file=sys.stderr)
+        return 2
     print(summary(results, cfg.results / "score_histogram.html"))
     path = export(cfg, _assignments(a, cfg))
     rows = [r for r in collect(cfg, _assignments(a, cfg)) if not a.student or r["student"] in a.student]
@@ -139,6 +135,8 @@ def cmd_manual_import(a) -> int:
 def cmd_formgrader(a) -> int:
     cfg = _cfg(a)
     args = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={ROOT}", "--ServerApp.open_browser=False"]
+    if a.port:
+        args.append(f"--ServerApp.port={a.port}")
     if os.getuid() == 0:
         args.append("--allow-root")
     print("formgrader: open the URL below, then Nbgrader -> Formgrader (Manage Assignments / Manual Grading)")
@@ -146,13 +144,20 @@ def cmd_formgrader(a) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        import nbformat  # noqa: F401
+    except ModuleNotFoundError:
+        print("python -m grader needs the project's environment: run `make setup`, then `.venv/bin/python -m grader ...` "
+              "(or the make targets, which use it)", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="python -m grader", description="The instructor's tools for the IOI anomalies series.")
     p.add_argument("--config", help="grader settings (default: grader/grader_config.toml)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     r.add_argument("assignments", nargs="*", help=f"default: all ({', '.join(ASSIGNMENTS)})")
     v = sub.add_parser("validate", help="run one notebook and check its visible tests; exits 1 on failure")
-    v.add_argument("notebook")
+    v.add_argument("notebook", help="the notebook to run, e.g. notebooks/01_early_induction_heads/01_early_induction_heads.ipynb")
+    v.add_argument("--kernel", help="Jupyter kernel to run it with (default: the notebook's own, ioi-anomalies)")
 
     def common(sp, paths=("submitted", "results", "grades", "course", "roster")):
         sp.add_argument("assignments", nargs="*", help="default: every graded assignment")
@@ -165,25 +170,28 @@ def main(argv=None) -> int:
     ag.add_argument("--model", help="embedded or gpt2-small (default: config)")
     ag.add_argument("--student", action="append", help="grade only this student (repeatable)")
     ag.add_argument("--force", action="store_true", help="regrade even when nothing changed")
+    ag.add_argument("--cluster", metavar="ADDRESS", help="grade on a Dask cluster: a scheduler address (tcp://host:8786), a "
+                    "scheduler file (.json), or local:N for N worker processes here (needs pip install '.[cluster]')")
     common(sub.add_parser("export", help="write grades.csv: one row per student and assignment, with statuses"))
     common(sub.add_parser("feedback", help="write one HTML feedback page per student and assignment"),
            paths=("submitted", "results", "feedback", "course", "roster"))
     ms = common(sub.add_parser("manual-sheet", help="write a CSV of every written answer that needs a human"))
-    ms.add_argument("--out", default=str(ROOT / "grader" / "manual_grades.csv"))
+    ms.add_argument("--out", default=str(ROOT / "grader" / "manual_grades.csv"), help="the CSV to write (default: grader/manual_grades.csv)")
     mi = sub.add_parser("manual-import", help="read manual scores and comments back from a CSV (all rows or none)")
-    mi.add_argument("file")
+    mi.add_argument("file", help="the filled-in sheet written by manual-sheet")
     for k in ("submitted", "results", "course", "roster"):
-        mi.add_argument(f"--{k}")
+        mi.add_argument(f"--{k}", help=f"override the {k} path of the config")
     dm = sub.add_parser("demo", help="the instructor's tour: release, grade the example class in grader/examples/, print the table")
-    dm.add_argument("--jobs", type=int)
-    fg = sub.add_parser("formgrader", help="serve nbgrader's formgrader in JupyterLab")
-    fg.add_argument("--course")
+    dm.add_argument("--jobs", type=int, help="parallel workers (default: config, 0 = number of cores)")
+    fg = sub.add_parser("formgrader", help="serve nbgrader's formgrader in JupyterLab (the instructor's Lab, with nbgrader's tools)")
+    fg.add_argument("--course", help="nbgrader course folder: gradebook and autograded notebooks (default: grader/course)")
+    fg.add_argument("--port", type=int, help="port to serve on (default: Jupyter's, 8888 or the next free one)")
     a = p.parse_args(argv)
     os.environ["PATH"] = config_mod.venv_env()["PATH"]  # nbgrader's gradebook runs alembic from the environment's bin/
     if a.cmd == "release":
         return release(a.assignments)
     if a.cmd == "validate":
-        return validate(a.notebook)
+        return validate(a.notebook, a.kernel)
     if a.cmd == "demo":
         from .examples import demo
 

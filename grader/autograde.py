@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,19 @@ def _config_json(cfg: Config) -> str:
     return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
 
 
+def _die_with_parent():
+    """For the judge's process, run before it starts: it dies with the thread that started it (a lost worker leaves nothing running)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_child(cfg: Config, student: str, assignment: str) -> dict:
     """Grade in a fresh judge process; a failure of the judge itself becomes a ``grader_error``."""
     with tempfile.TemporaryDirectory(prefix="ioi-judge-") as tmp:
@@ -158,7 +172,8 @@ def run_child(cfg: Config, student: str, assignment: str) -> dict:
                    PLOTLY_RENDERER="json", TQDM_DISABLE="1")
         cmd = [sys.executable, "-m", "grader.autograde", _config_json(cfg), student, assignment, str(out)]
         try:
-            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + 300)
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + 300,
+                               preexec_fn=_die_with_parent())
             if r.returncode == 0 and out.exists():
                 return json.loads(out.read_text())
             why = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
@@ -169,8 +184,12 @@ def run_child(cfg: Config, student: str, assignment: str) -> dict:
 
 
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
-              progress: bool = True, record: bool = True) -> list[dict]:
-    """Grade everything submitted (and every roster student) for ``assignments``; returns the results."""
+              progress: bool = True, record: bool = True, cluster: str | None = None) -> list[dict]:
+    """Grade everything submitted (and every roster student) for ``assignments``; returns the results.
+
+    Each job runs ``run_child`` on a local thread (``cfg.n_jobs`` at a time) or, with ``cluster``
+    (an address, see ``grader/cluster.py``), on a Dask worker; results are recorded here either way.
+    """
     from tqdm.auto import tqdm
 
     assignments = assignments or graded_assignments(cfg)
@@ -191,7 +210,13 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
         for a in assignments:
             ensure_assignment(cfg, a)
     bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs)) as pool:
+    if cluster:
+        from .cluster import ClusterPool
+
+        executor = ClusterPool(cluster, jobs=cfg.n_jobs)
+    else:
+        executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs))
+    with executor as pool:
         futures = {pool.submit(run_child, cfg, s, a): (s, a) for s, a in todo}
         for fut in as_completed(futures):
             s, a = futures[fut]

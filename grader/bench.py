@@ -4,9 +4,12 @@
   plain nbgrader (tests in the student's kernel, no sandbox) as the baseline, and by the
   project's grader (sandboxed worker plus a separate judge);
 - ``autograde_jobs``: N submissions (default 20) graded with 1 worker (baseline) and with 2.
+- ``autograde_cluster``: the same N submissions graded locally with 2 workers (baseline) and on a
+  Dask ``LocalCluster`` of 2 single-threaded worker processes (``--cluster local:2``, its start
+  included), with the same scores.
 
-Run with ``make bench`` (the first) and ``make bench-grader`` (the second, about 10 minutes on
-two cores).
+Run with ``make bench`` (the first), ``make bench-grader`` (the second, about 10 minutes on
+two cores) and ``make bench-cluster`` (the third, about 15 minutes).
 """
 
 from __future__ import annotations
@@ -83,16 +86,36 @@ def bench_jobs(n: int) -> dict:
             "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
 
 
+def bench_cluster(n: int) -> dict:
+    times, scores, problems = {}, {}, {}
+    for how, cluster in (("local", None), ("cluster", "local:2")):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _class(Path(tmp), n).with_(jobs=2)
+            t0 = time.perf_counter()
+            res = autograde(cfg, [ASSIGNMENT], progress=False, record=False, cluster=cluster)
+            times[how] = time.perf_counter() - t0
+            scores[how] = [(r["status"], r["score"]) for r in res]
+            problems[how] = sorted({r.get("reason", "")[:300] for r in res if r["status"] != "graded"})
+    return {"name": f"autograde_{n}_submissions_local_cluster_2_workers_vs_local_2_workers", "baseline": "local JOBS=2",
+            "baseline_s": round(times["local"], 2), "project_s": round(times["cluster"], 2), "speedup": round(times["local"] / times["cluster"], 3),
+            "same_scores": scores["local"] == scores["cluster"], "statuses": sorted({s for s, _ in scores["cluster"]}),
+            "not_graded": {k: v for k, v in problems.items() if v}, "max_abs_diff": 0.0,
+            "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25,
+            "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["one", "jobs"], action="append", help="which benchmark(s) (default: both)")
-    p.add_argument("--n", type=int, default=20, help="submissions for the workers benchmark")
+    p.add_argument("--only", choices=["one", "jobs", "cluster"], action="append", help="which benchmark(s) (default: one and jobs)")
+    p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks")
     a = p.parse_args(argv)
     which = a.only or ["one", "jobs"]
     if "one" in which:
         print(json.dumps(bench_one_solution()), flush=True)
     if "jobs" in which:
         print(json.dumps(bench_jobs(a.n)), flush=True)
+    if "cluster" in which:
+        print(json.dumps(bench_cluster(a.n)), flush=True)
     return 0
 
 

@@ -24,14 +24,16 @@ def nbgrader_env(extra: dict | None = None) -> dict:
     return env
 
 
-def write_config(root: Path, timeout: int = 600) -> None:
+def write_config(root: Path) -> None:
+    """A course's nbgrader_config.py, with the project's execution settings (``ioi_anomalies.validate.EXECUTION``)."""
     (root / "nbgrader_config.py").write_text(
         "c = get_config()\n"
+        "from ioi_anomalies.validate import apply_execution_settings\n"
+        "apply_execution_settings(c)\n"
         f"c.CourseDirectory.root = {str(root)!r}\n"
         f"c.CourseDirectory.db_url = 'sqlite:///{root}/gradebook.db'\n"
         "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}\n"
         "c.ClearSolutions.enforce_metadata = True\n"
-        f"c.Execute.timeout = {timeout}\n"
     )
 
 

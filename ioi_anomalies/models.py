@@ -185,12 +185,12 @@ def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: i
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from .tokenizer import _cache_root, save_tokenizer
+    from .tokenizer import cache_root, save_tokenizer
 
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     recipe = {"n_layers": n_layers, "n_heads": n_heads, "d_model": d_model, "seed": seed}
-    path = _cache_root() / f"random-gpt2-{n_layers}L{n_heads}H{d_model}d-seed{seed}"
+    path = cache_root() / f"random-gpt2-{n_layers}L{n_heads}H{d_model}d-seed{seed}"
     if not (path / "model.safetensors").exists():
         gen = torch.Generator().manual_seed(seed)
         cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=128, n_inner=2 * d_model)

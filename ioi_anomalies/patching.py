@@ -24,30 +24,15 @@ short enough to check by eye and serves as the oracle for the fast engine
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .heads import Head, ReceiverInput, check_receivers as _check_receivers
 from .hooks import assert_no_hooks, run_and_cache
-
-Head = tuple[int, int]
-ReceiverInput = Literal["q", "k", "v"]
-
-
-def _check_receivers(model, receivers: Sequence[Head], receiver_input: str) -> list[Head]:
-    if receiver_input not in ("q", "k", "v"):
-        raise ValueError(f"receiver_input must be 'q', 'k' or 'v', got {receiver_input!r}.")
-    receivers = [(int(l), int(h)) for l, h in receivers]
-    if not receivers:
-        raise ValueError("give at least one receiver head (layer, head).")
-    for l, h in receivers:
-        if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise ValueError(f"receiver {l}.{h} is not a head of this {model.cfg.n_layers}x{model.cfg.n_heads} model.")
-    return receivers
-
 
 def z_names(model) -> list[str]:
     return [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]

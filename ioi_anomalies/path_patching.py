@@ -21,20 +21,30 @@ to 1e-4) with far less work, using four facts about the reference algorithm:
 4. **Senders batch.** Many senders are stacked along a new batch dimension and run together,
    in chunks sized to a memory budget; a chunk holds senders of one layer, so it starts there.
 
-The forward pass here is the model's own arithmetic in plain torch (compatibility mode: folded
-LayerNorms, the bridge's weights), so no hooks are involved at all.
+The code follows that list, top to bottom:
 
-Next to it, :func:`attribution_path_patching` gives the first-order approximation (attribution
-patching): one forward and one backward pass for all senders together. It is cheap and usually
-ranks senders well, but it linearises softmaxes and MLPs; its correlation with the exact result
-is reported by :func:`compare_with_exact` so users learn when to trust it.
+- *The functional GPT-2* (:class:`Weights`, :func:`causal_attention`, :func:`forward_clean`):
+  the model's own arithmetic in plain torch (compatibility mode: folded LayerNorms, the bridge's
+  weights), so no hooks are involved at all.
+- *The packed-token layout* (:class:`PackedTokens`, fact 3): which tokens are computed and where
+  each one sits.
+- *The engine* (:class:`PathPatchingEngine`): step 1, the senders' runs (fact 1); step 2, the
+  receivers' pass (fact 2); and :meth:`~PathPatchingEngine.run`, which batches the senders
+  (fact 4).
+- *The faces*: :func:`path_patch_heads_to_heads`, :func:`path_patch_senders` and
+  :func:`attribution_path_patching`.
+
+:func:`attribution_path_patching` (the engine's :meth:`~PathPatchingEngine.attribute`) gives the
+first-order approximation (attribution patching): one forward and one backward pass through the
+same two steps for all senders together. It is cheap and usually ranks senders well, but it
+linearises softmaxes and MLPs; its correlation with the exact result is reported by
+:func:`compare_with_exact` so users learn when to trust it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import einops
 import torch
@@ -43,17 +53,23 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .heads import Head, ReceiverInput, check_receivers, check_senders, heads_by_layer
 from .hooks import assert_no_hooks
-from .patching import _check_receivers
-
-Head = tuple[int, int]
-ReceiverInput = Literal["q", "k", "v"]
 
 
-# ------------------------------------------------------------------------------------ model
+# --------------------------------------------------------------------- the functional GPT-2
+class QKV(NamedTuple):
+    """Queries, keys and values, each [..., token, head, d_head]."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+
+
 @dataclass
 class Weights:
-    """The model's weights in HookedTransformer layout (compatibility mode, LNs folded)."""
+    """The model's weights in HookedTransformer layout (compatibility mode, LNs folded), and the
+    pieces of its forward pass. Every piece takes any number of leading batch dimensions."""
 
     W_Q: Tensor
     b_Q: Tensor
@@ -85,21 +101,23 @@ class Weights:
         if cfg.act_fn not in ("gelu_new", "gelu", "relu", "gelu_fast"):
             raise ValueError(f"unsupported activation {cfg.act_fn!r}.")
         names = ["W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out", "W_U", "W_E", "W_pos"]
-        t = {n: getattr(model, n).detach() for n in names}
+        weights = {n: getattr(model, n).detach() for n in names}
         b_U = getattr(model, "b_U", None)
-        t["b_U"] = b_U.detach() if b_U is not None else torch.zeros(t["W_U"].shape[1], device=t["W_U"].device)
-        return cls(**t, eps=cfg.eps, act_fn=cfg.act_fn, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head)
-
-    # --- pieces of the forward pass (any number of leading batch dims) ---
-    def ln(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        weights["b_U"] = b_U.detach() if b_U is not None else torch.zeros(weights["W_U"].shape[1], device=weights["W_U"].device)
+        return cls(**weights, eps=cfg.eps, act_fn=cfg.act_fn, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head)
 
     def __post_init__(self):
-        # fused, GEMM-friendly layouts: one matmul for q, k and v; one for the output projection
-        L, H, d, e = self.W_Q.shape
-        self.W_qkv = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).permute(0, 2, 1, 3).reshape(L, d, 3 * H * e).contiguous()
-        self.b_qkv = torch.cat([self.b_Q, self.b_K, self.b_V], dim=1).reshape(L, 3 * H * e)
-        self.W_O_flat = self.W_O.reshape(L, H * e, -1).contiguous()
+        # fused, GEMM-friendly layouts for every head at once: one matmul for q, k and v; one
+        # for the output projection
+        n_layers, n_heads, d_model, d_head = self.W_Q.shape
+        W_qkv = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).permute(0, 2, 1, 3)
+        self.W_qkv = W_qkv.reshape(n_layers, d_model, 3 * n_heads * d_head).contiguous()
+        self.b_qkv = torch.cat([self.b_Q, self.b_K, self.b_V], dim=1).reshape(n_layers, 3 * n_heads * d_head)
+        self.W_O_flat = self.W_O.reshape(n_layers, n_heads * d_head, -1).contiguous()
+
+    def ln(self, x: Tensor) -> Tensor:
+        """LayerNorm without weights (they are folded into the next matmul)."""
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
 
     def act(self, x: Tensor) -> Tensor:
         if self.act_fn in ("gelu_new", "gelu_fast"):
@@ -108,88 +126,207 @@ class Weights:
             return F.gelu(x)
         return F.relu(x)
 
-    def mlp(self, layer: int, resid_mid: Tensor) -> Tensor:
-        h = self.act(self.ln(resid_mid) @ self.W_in[layer] + self.b_in[layer])
-        return h @ self.W_out[layer] + self.b_out[layer]
+    def qkv(self, layer: int, resid_pre: Tensor, heads: Sequence[int] | None = None) -> QKV:
+        """q, k and v of ``heads`` (default: every head) at ``layer``: each [..., token, head, d_head]."""
+        if heads is None:  # every head: one matmul on the fused weights
+            x = self.ln(resid_pre) @ self.W_qkv[layer] + self.b_qkv[layer]
+            return QKV(*x.view(*x.shape[:-1], 3, self.n_heads, self.d_head).unbind(-3))
+        x = self.ln(resid_pre)
+        return QKV(*(
+            einops.einsum(x, W[layer, heads], "... s d, h d e -> ... s h e") + b[layer, heads]
+            for W, b in ((self.W_Q, self.b_Q), (self.W_K, self.b_K), (self.W_V, self.b_V))
+        ))
 
-    def qkv(self, layer: int, resid_pre: Tensor, which: str, heads: Sequence[int] | slice = slice(None)) -> Tensor:
-        """q, k or v of ``heads`` at ``layer``: [..., seq, head, d_head]."""
-        W = getattr(self, f"W_{which.upper()}")[layer, heads]
-        b = getattr(self, f"b_{which.upper()}")[layer, heads]
-        return einops.einsum(self.ln(resid_pre), W, "... s d, h d e -> ... s h e") + b
-
-    def qkv_all(self, layer: int, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v of every head at ``layer``, each [..., seq, head, d_head], in one matmul."""
-        x = self.ln(resid_pre) @ self.W_qkv[layer] + self.b_qkv[layer]
-        q, k, v = x.view(*x.shape[:-1], 3, self.n_heads, self.d_head).unbind(-3)
-        return q, k, v
-
-    def attend_fast(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None = None) -> Tensor:
-        """Causal attention with torch's fused kernel; same shapes and result as :meth:`attend`."""
-        lead = q.shape[:-3]
-        qt = q.reshape(-1, *q.shape[-3:]).transpose(1, 2)
-        kt = k.reshape(-1, *k.shape[-3:]).transpose(1, 2)
-        vt = v.reshape(-1, *v.shape[-3:]).transpose(1, 2)
-        if q_pos is None:
-            z = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
-        else:
-            mask = torch.arange(k.shape[-3], device=q.device) <= q_pos[..., :, None]  # [N, q, k]
-            mask = mask[:, None].expand(*lead, -1, -1, -1).reshape(-1, 1, *mask.shape[-2:])
-            z = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
-        return z.transpose(1, 2).reshape(*lead, *q.shape[-3:-1], self.d_head)
-
-    def attn_out_all(self, layer: int, z: Tensor) -> Tensor:
-        return z.reshape(*z.shape[:-2], -1) @ self.W_O_flat[layer]
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None = None) -> Tensor:
-        """Causal attention; ``q_pos`` gives the positions of the queries (default: all)."""
-        scores = einops.einsum(q, k, "... q h e, ... k h e -> ... h q k") / math.sqrt(self.d_head)
-        n_k = k.shape[-3]
-        qp = torch.arange(q.shape[-3], device=q.device) if q_pos is None else q_pos
-        mask = torch.arange(n_k, device=q.device) > qp[..., :, None]  # [(...), q, k]
-        if mask.ndim == 3:  # per-prompt query positions: [batch, q, k] -> broadcast over heads
-            mask = mask[:, None]
-        scores = scores.masked_fill(mask, float("-inf"))
-        pattern = scores.softmax(-1)
-        return einops.einsum(pattern, v, "... h q k, ... k h e -> ... q h e")
-
-    def attn_out(self, layer: int, z: Tensor, heads: Sequence[int] | slice = slice(None)) -> Tensor:
+    def attn_out(self, layer: int, z: Tensor, heads: Sequence[int] | None = None) -> Tensor:
+        """What ``heads`` (default: every head) write into the residual stream, ``z @ W_O``, without
+        the bias ``b_O``: z [..., token, head, d_head] -> [..., token, d_model]."""
+        if heads is None:  # every head: one matmul on the fused weights
+            return z.reshape(*z.shape[:-2], -1) @ self.W_O_flat[layer]
         return einops.einsum(z, self.W_O[layer, heads], "... s h e, h e d -> ... s d")
+
+    def mlp(self, layer: int, resid_mid: Tensor) -> Tensor:
+        hidden = self.act(self.ln(resid_mid) @ self.W_in[layer] + self.b_in[layer])
+        return hidden @ self.W_out[layer] + self.b_out[layer]
+
+    def logits(self, resid_final: Tensor) -> Tensor:
+        return self.ln(resid_final) @ self.W_U + self.b_U
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None = None) -> Tensor:
+    """Causal attention with torch's fused kernel: q [..., query, head, d_head], k and v
+    [..., key, head, d_head] -> z [..., query, head, d_head]. The queries sit at the first
+    positions, or at ``q_pos`` [batch, query] when given (with one leading batch dimension)."""
+    lead = q.shape[:-3]
+    q_, k_, v_ = (x.reshape(-1, *x.shape[-3:]).transpose(1, 2) for x in (q, k, v))
+    if q_pos is None:
+        z = F.scaled_dot_product_attention(q_, k_, v_, is_causal=True)
+    else:
+        mask = torch.arange(k.shape[-3], device=q.device) <= q_pos[..., :, None]  # [batch, query, key]
+        mask = mask[:, None].expand(*lead, -1, -1, -1).reshape(-1, 1, *mask.shape[-2:])
+        z = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+    return z.transpose(1, 2).reshape(*lead, *q.shape[-3:-1], v.shape[-1])
 
 
 @dataclass
 class CleanRun:
     """What the engine caches from one clean forward pass."""
 
-    resid_pre: list[Tensor]  # per layer, [N, S, d]
-    attn_out: list[Tensor]  # per layer, sum of heads + b_O, [N, S, d]
-    z: list[Tensor]  # per layer, [N, S, H, d_head]
-    resid_final: Tensor  # [N, S, d]
+    resid_pre: list[Tensor]  # per layer, [prompt, position, d_model]
+    attn_out: list[Tensor]  # per layer, sum of heads + b_O, [prompt, position, d_model]
+    z: list[Tensor]  # per layer, [prompt, position, head, d_head]
+    resid_final: Tensor  # [prompt, position, d_model]
 
 
 @torch.no_grad()
 def forward_clean(w: Weights, toks: Tensor) -> CleanRun:
     """The model's forward pass in plain torch, caching what the engine needs."""
-    S = toks.shape[1]
-    resid = w.W_E[toks] + w.W_pos[:S]
-    pres, outs, zs = [], [], []
-    for l in range(w.n_layers):
-        pres.append(resid)
-        z = w.attend_fast(*w.qkv_all(l, resid))
-        out = w.attn_out_all(l, z) + w.b_O[l]
+    resid = w.W_E[toks] + w.W_pos[: toks.shape[1]]
+    resid_pre, attn_out, zs = [], [], []
+    for layer in range(w.n_layers):
+        resid_pre.append(resid)
+        z = causal_attention(*w.qkv(layer, resid))
+        out = w.attn_out(layer, z) + w.b_O[layer]
         zs.append(z)
-        outs.append(out)
+        attn_out.append(out)
         mid = resid + out
-        resid = mid + w.mlp(l, mid)
-    return CleanRun(pres, outs, zs, resid)
+        resid = mid + w.mlp(layer, mid)
+    return CleanRun(resid_pre, attn_out, zs, resid)
 
 
-# ---------------------------------------------------------------------------------- metrics
-def _end_logits(w: Weights, resid_end: Tensor) -> Tensor:
-    return w.ln(resid_end) @ w.W_U + w.b_U
+# ----------------------------------------------------------------- the packed-token layout
+@dataclass
+class PackedTokens:
+    """Which tokens the engine computes, and where each one sits.
+
+    Each prompt keeps its positions up to its own ``end`` (every position when the metric reads
+    every logit): nothing after ``end`` can reach the metric under causal attention. The prompts,
+    sorted by length, are laid end to end along one *packed* token axis, so position-wise work
+    (LayerNorms, q/k/v, MLPs) runs on real tokens only, and attention runs per group of equally
+    long prompts. Of the packed tokens only the *active* ones are computed: from the first
+    position where the clean and corrupted prompts differ on (``end`` always), since before it
+    every run is the clean run; the clean keys and values stand in for the others in attention.
+    """
+
+    n_prompts: int
+    seq_len: int  # positions kept of the padded prompts: the longest prompt's
+    index: Tensor  # packed token -> its place in the flattened [n_prompts * seq_len] batch
+    groups: list[tuple[int, int, int]]  # equally long prompts: (first packed token, n prompts, length)
+    unorder: Tensor  # the caller's prompt j is packed prompt unorder[j]
+    active: Tensor  # active token -> packed token
+    end_active: Tensor  # each prompt's END among the active tokens, in packed prompt order
+
+    @classmethod
+    def build(cls, clean_toks: Tensor, new_toks: Tensor, end: Tensor, every_position: bool) -> "PackedTokens":
+        """The layout for clean and corrupted tokens [prompt, seq_len] with END positions ``end``;
+        ``every_position`` keeps (and computes) every position of every prompt."""
+        n_prompts, seq_len = clean_toks.shape
+        device = end.device
+        lengths = torch.full((n_prompts,), seq_len, device=device) if every_position else end + 1
+        order = torch.sort(lengths, stable=True).indices  # packed prompt i is the caller's prompt order[i]
+        sorted_len = lengths[order]
+        pos = torch.arange(seq_len, device=device)
+        keep = pos[None, :] < sorted_len[:, None]  # [prompt, position], in packed prompt order
+        index = (order[:, None] * seq_len + pos[None, :])[keep]
+        groups, start = [], 0
+        for length, count in zip(*torch.unique_consecutive(sorted_len, return_counts=True)):
+            groups.append((start, int(count), int(length)))
+            start += int(count) * int(length)
+        unorder = torch.empty_like(order)
+        unorder[order] = torch.arange(n_prompts, device=device)
+        # active tokens: from the first position where the prompts differ, END always
+        differs = clean_toks != new_toks
+        first = torch.where(differs.any(1), differs.float().argmax(1), seq_len)
+        if every_position:  # every position's logits are read
+            first = torch.zeros_like(first)
+        first = torch.minimum(first, end)
+        active = (index % seq_len >= first[index // seq_len]).nonzero().squeeze(1)
+        # each END among the active tokens: packed token of each END -> its active token
+        end_packed = torch.cumsum(sorted_len, 0) - 1
+        where = torch.full((index.numel(),), -1, dtype=torch.long, device=device)
+        where[active] = torch.arange(active.numel(), device=device)
+        return cls(n_prompts, seq_len, index, groups, unorder, active, where[end_packed])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.index.numel())
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.numel())
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[prompt, position, ...] -> [packed token, ...]"""
+        return x.reshape(self.n_prompts * self.seq_len, *x.shape[2:])[self.index]
+
+    def fill(self, clean: Tensor, active: Tensor) -> Tensor:
+        """Every packed token: ``active`` [run, active token, ...] at the active ones, ``clean``
+        [packed token, ...] at the others."""
+        if self.n_active == self.n_tokens:
+            return active
+        full = clean.expand(active.shape[0], *clean.shape).clone()
+        full[:, self.active] = active
+        return full
+
+    def only_active(self, x: Tensor) -> Tensor:
+        """[run, packed token, ...] -> [run, active token, ...]"""
+        return x[:, self.active] if self.n_active < self.n_tokens else x
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention within each prompt: q, k, v [..., packed token, head, d_head] -> z."""
+        out = []
+        for start, n, length in self.groups:
+            tokens = slice(start, start + n * length)
+            out.append(causal_attention(*(x[..., tokens, :, :].unflatten(-3, (n, length)) for x in (q, k, v))).flatten(-4, -3))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
+
+    def attend_ends(self, q_end: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of each prompt's END query only: q_end [..., prompt, head, d_head] (packed
+        prompt order), k and v [..., packed token, head, d_head] -> z [..., prompt, head, d_head]."""
+        out, first_prompt = [], 0
+        for start, n, length in self.groups:
+            tokens = slice(start, start + n * length)
+            keys, values = (x[..., tokens, :, :].unflatten(-3, (n, length)) for x in (k, v))
+            queries = q_end[..., first_prompt : first_prompt + n, :, :].unsqueeze(-3)  # [..., n, 1, head, d_head]
+            at_end = torch.full((n, 1), length - 1, device=q_end.device)
+            out.append(causal_attention(queries, keys, values, q_pos=at_end).squeeze(-3))
+            first_prompt += n
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
 
 
-# ----------------------------------------------------------------------------------- engine
+# ------------------------------------------------------------------------------- the engine
+@dataclass(frozen=True)
+class Receivers:
+    """Receiver heads by layer, and which of their inputs is patched."""
+
+    heads_at: dict[int, list[int]]
+    input: ReceiverInput
+
+    @classmethod
+    def of(cls, model, receivers: Sequence[Head], receiver_input: str) -> "Receivers":
+        return cls(heads_by_layer(check_receivers(model, receivers, receiver_input)), receiver_input)
+
+    @property
+    def lowest_layer(self) -> int:
+        return min(self.heads_at)
+
+    @property
+    def top_layer(self) -> int:
+        """Senders below this layer reach at least one receiver."""
+        return max(self.heads_at)
+
+    def read(self, qkv: QKV) -> Tensor:
+        """The receivers' patched input (q, k or v) out of ``qkv``."""
+        return getattr(qkv, self.input)
+
+    def patch(self, qkv: QKV, layer: int, patched: Tensor | None) -> QKV:
+        """Every head's ``qkv`` at ``layer`` with the receivers' input set to ``patched``, if any."""
+        if patched is None:
+            return qkv
+        x = self.read(qkv).clone()  # a new tensor: autograd may be watching
+        x[:, :, self.heads_at[layer]] = patched
+        return qkv._replace(**{self.input: x})
+
+
 class PathPatchingEngine:
     """Exact path patching for many sender sets at once.
 
@@ -198,134 +335,57 @@ class PathPatchingEngine:
     has ``from_end_logits`` (the metrics of :mod:`ioi_anomalies.metrics` do), the engine only
     computes logits at each prompt's ``end`` position, which is much cheaper.
 
-    Prompts are *packed*: each keeps only the positions up to its own ``end`` (nothing after it
-    can reach the metric under causal attention), and the prompts' tokens are laid end to end
-    along one token axis, sorted by length. Position-wise work (LayerNorms, q/k/v, MLPs) then
-    runs on real tokens only; attention runs per group of equally long prompts. Of those tokens,
-    only the *active* ones are computed: from the first token where the clean and corrupted
-    prompts differ on, since before it every run is the clean run (the clean keys and values
-    stand in for them in attention).
+    Tokens are laid out as :class:`PackedTokens` describes. What the engine keeps of the clean
+    run (``clean``) and how the senders' heads differ from it (``sender_dz``) sit at the active
+    tokens; the clean residual stream also at every packed token, for the clean q, k and v of
+    the tokens that are not computed (``clean_qkv``).
+
+    - **Step 1, the senders' runs** (:meth:`_frozen_run`): from the senders' layer, every head
+      frozen to its clean output and each run's own writes added to the residual stream; only
+      MLPs recompute. The receivers' chosen input is read off at their layers.
+    - **Step 2, the receivers' pass** (:meth:`_receivers_pass`): the clean run again from the
+      lowest receiver layer that step 1 changed, with the receivers' input set to step 1's, up to
+      the metric.
+
+    :meth:`run` (exact) and :meth:`attribute` (first order) are the two ways through them.
     """
 
     def __init__(self, model, orig, new, metric: Callable, memory_budget_mb: float = 128.0):
         assert_no_hooks(model, "PathPatchingEngine")
-        self.model, self.metric = model, metric
-        self.w = Weights.of(model)
         if orig.toks.shape != new.toks.shape:
             raise ValueError(f"clean and corrupted tokens differ in shape: {tuple(orig.toks.shape)} vs {tuple(new.toks.shape)}.")
-        dev = self.w.W_E.device
-        self.end = orig.word_idx["end"].to(dev)
+        self.model, self.metric, self.memory_budget_mb = model, metric, memory_budget_mb
+        self.w = Weights.of(model)
         self.full_metric = not hasattr(metric, "from_end_logits")
-        # positions after the last END never influence any END (causal attention): drop them,
-        # unless the metric wants full logits.
-        self.S = orig.toks.shape[1] if self.full_metric else int(self.end.max()) + 1
-        toks_o = orig.toks[:, : self.S].to(dev)
-        toks_n = new.toks[:, : self.S].to(dev)
-        self.N = toks_o.shape[0]
         self.orig_toks = orig.toks
-        clean = forward_clean(self.w, toks_o)
-        self._check_matches_model(clean)
-        self._pack_layout()
-        self._active_tokens(toks_o, toks_n)
-        A = self.A
-        # the clean residual stream on all packed tokens (for the clean q/k/v of the tokens
-        # that are not computed); everything else only at the active tokens
-        self.resid_pre = [self._pack(r) for r in clean.resid_pre]
-        self.act = CleanRun([r[A] for r in self.resid_pre], [self._pack(a)[A] for a in clean.attn_out],
-                            [self._pack(z)[A] for z in clean.z], self._pack(clean.resid_final)[A])
-        new_z = forward_clean(self.w, toks_n).z
-        self.dz = [self._pack(nz)[A] - cz for nz, cz in zip(new_z, self.act.z)]  # what the senders change
-        self._clean_qkv: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
-        self.budget = memory_budget_mb
+        device = self.w.W_E.device
+        end = orig.word_idx["end"].to(device)
+        # positions after the last END never influence any END (causal attention): drop them,
+        # unless the metric reads every logit
+        seq_len = orig.toks.shape[1] if self.full_metric else int(end.max()) + 1
+        clean_toks, new_toks = orig.toks[:, :seq_len].to(device), new.toks[:, :seq_len].to(device)
+        clean = forward_clean(self.w, clean_toks)
+        self._check_matches_model(clean, end)
+        self.tokens = PackedTokens.build(clean_toks, new_toks, end, every_position=self.full_metric)
+        active = self.tokens.active
+        self._clean_resid_pre_packed = [self.tokens.pack(r) for r in clean.resid_pre]
+        self.clean = CleanRun(
+            [r[active] for r in self._clean_resid_pre_packed],
+            [self.tokens.pack(a)[active] for a in clean.attn_out],
+            [self.tokens.pack(z)[active] for z in clean.z],
+            self.tokens.pack(clean.resid_final)[active],
+        )
+        new_z = forward_clean(self.w, new_toks).z
+        self.sender_dz = [self.tokens.pack(nz)[active] - cz for nz, cz in zip(new_z, self.clean.z)]
+        self._clean_qkv: dict[int, QKV] = {}
 
-    # ------------------------------------------------------------------ packed token layout
-    def _pack_layout(self) -> None:
-        dev = self.end.device
-        lengths = torch.full((self.N,), self.S, device=dev) if self.full_metric else self.end + 1
-        self.order = torch.sort(lengths, stable=True).indices  # packed prompt i is prompt order[i]
-        sorted_len = lengths[self.order]
-        pos = torch.arange(self.S, device=dev)
-        keep = pos[None, :] < sorted_len[:, None]  # [N, S], in packed prompt order
-        self.index = (self.order[:, None] * self.S + pos[None, :])[keep]  # packed token -> flat [N*S]
-        self.T = int(self.index.numel())
-        # groups of equally long prompts: (first token, n prompts, length)
-        self.groups: list[tuple[int, int, int]] = []
-        start = 0
-        for length, count in zip(*torch.unique_consecutive(sorted_len, return_counts=True)):
-            n, L = int(count), int(length)
-            self.groups.append((start, n, L))
-            start += n * L
-        # the packed index of each END, in packed prompt order; and back to the caller's order
-        self.end_tok = torch.cumsum(sorted_len, 0) - 1
-        self.unorder = torch.empty_like(self.order)
-        self.unorder[self.order] = torch.arange(self.N, device=dev)
-
-    def _active_tokens(self, toks_o: Tensor, toks_n: Tensor) -> None:
-        """Tokens before the first one where the clean and corrupted prompts differ are identical
-        in every run (causal attention): only the rest, the *active* tokens, are computed."""
-        differs = toks_o != toks_n
-        first = torch.where(differs.any(1), differs.float().argmax(1), self.S)
-        if self.full_metric:  # every position's logits are read
-            first = torch.zeros_like(first)
-        first = torch.minimum(first, self.end)  # END is always computed
-        pos = self.index % self.S
-        prompt = self.index // self.S
-        self.A = (pos >= first[prompt]).nonzero().squeeze(1)  # active token -> packed token
-        self.TA = int(self.A.numel())
-        where = torch.full((self.T,), -1, dtype=torch.long, device=self.A.device)
-        where[self.A] = torch.arange(self.TA, device=self.A.device)
-        self.end_act = where[self.end_tok]  # each END among the active tokens (packed prompt order)
-
-    def clean_qkv(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Clean q, k, v of every head at ``layer`` on all packed tokens (cached)."""
-        if layer not in self._clean_qkv:
-            self._clean_qkv[layer] = self.w.qkv_all(layer, self.resid_pre[layer])
-        return self._clean_qkv[layer]
-
-    def _fill(self, clean: Tensor, active: Tensor) -> Tensor:
-        """All packed tokens: ``active`` [C, TA, ...] at the active ones, ``clean`` [T, ...] elsewhere."""
-        if self.TA == self.T:
-            return active
-        full = clean.expand(active.shape[0], *clean.shape).clone()
-        full[:, self.A] = active
-        return full
-
-    def _active(self, x: Tensor) -> Tensor:
-        """[C, T, ...] -> [C, TA, ...]: the active tokens of a result over all packed tokens."""
-        return x[:, self.A] if self.TA < self.T else x
-
-    def _pack(self, x: Tensor) -> Tensor:
-        """[N, S, ...] -> [T, ...]"""
-        return x.reshape(self.N * self.S, *x.shape[2:])[self.index]
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention within each prompt, on packed tokens: [..., T, h, e] -> [..., T, h, e]."""
-        out = []
-        for start, n, L in self.groups:
-            sl = slice(start, start + n * L)
-            view = lambda x: x[..., sl, :, :].unflatten(-3, (n, L))  # noqa: E731
-            out.append(self.w.attend_fast(view(q), view(k), view(v)).flatten(-4, -3))
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
-
-    def _attend_end(self, q_end: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention of each prompt's END query only: q_end [..., N, h, e] (packed prompt order)."""
-        out = []
-        for g, (start, n, L) in enumerate(self.groups):
-            first = sum(c for _, c, _ in self.groups[:g])
-            sl = slice(start, start + n * L)
-            kk = k[..., sl, :, :].unflatten(-3, (n, L))
-            vv = v[..., sl, :, :].unflatten(-3, (n, L))
-            qq = q_end[..., first : first + n, :, :].unsqueeze(-3)  # [..., n, 1, h, e]
-            out.append(self.w.attend_fast(qq, kk, vv, q_pos=torch.full((n, 1), L - 1, device=q_end.device)).squeeze(-3))
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-3)
-
-    def _check_matches_model(self, clean: CleanRun) -> None:
+    def _check_matches_model(self, clean: CleanRun, end: Tensor) -> None:
         """The engine redoes the model's arithmetic; refuse a model whose forward differs
         (e.g. LayerNorms not folded, or an unsupported architecture)."""
         with torch.no_grad():
-            rows = torch.arange(self.N, device=self.end.device)
-            ours = _end_logits(self.w, clean.resid_final[rows, self.end])
-            theirs = self.model(self.orig_toks)[rows, self.end.to(self.orig_toks.device)].to(ours.device)
+            rows = torch.arange(len(end), device=end.device)
+            ours = self.w.logits(clean.resid_final[rows, end])
+            theirs = self.model(self.orig_toks)[rows, end.to(self.orig_toks.device)].to(ours.device)
         gap = (ours - theirs).abs().max().item()
         if gap > 1e-3 * max(1.0, theirs.abs().max().item()):
             raise ValueError(
@@ -334,97 +394,112 @@ class PathPatchingEngine:
                 "or use path_patch_heads_to_heads_plain."
             )
 
-    # size of one sender set's working memory, in MB (generous: temporaries included)
-    def _per_set_mb(self) -> float:
-        w, T = self.w, self.T
-        d, dm = w.W_E.shape[1], w.W_in.shape[-1]
-        floats = T * (6 * d + 2 * dm) + 3 * w.n_heads * sum(n * L * L for _, n, L in self.groups)
-        if self.full_metric:
-            floats += T * w.W_U.shape[1]
+    def clean_qkv(self, layer: int) -> QKV:
+        """Clean q, k, v of every head at ``layer`` on every packed token (cached)."""
+        if layer not in self._clean_qkv:
+            self._clean_qkv[layer] = self.w.qkv(layer, self._clean_resid_pre_packed[layer])
+        return self._clean_qkv[layer]
+
+    # ----------------------------------------------------------- step 1: the senders' runs
+    def _head_write(self, layer: int, heads: list[int]) -> Tensor:
+        """What ``heads`` at ``layer`` write into the residual stream beyond their clean output,
+        ``(z_new - z_clean) @ W_O``: [active token, d_model]."""
+        return self.w.attn_out(layer, self.sender_dz[layer][:, heads], heads)
+
+    def _sender_writes(self, sets: list[list[Head]], layer: int) -> Tensor | None:
+        """Per sender set, what its heads at ``layer`` write: [set, active token, d_model], or
+        None when no set has a head there."""
+        heads_per_set = [[h for l, h in s if l == layer] for s in sets]
+        if not any(heads_per_set):
+            return None
+        nothing = torch.zeros_like(self.clean.resid_pre[0])
+        return torch.stack([self._head_write(layer, heads) if heads else nothing for heads in heads_per_set])
+
+    def _frozen_run(self, start: int, n_runs: int, writes: Callable[[int], Tensor | None], receivers: Receivers) -> dict[int, Tensor]:
+        """Step 1 for ``n_runs`` runs at once, from layer ``start``: every head frozen to its clean
+        output, ``writes(layer)`` ([run, active token, d_model] or None) added after the heads of
+        ``layer``, MLPs recomputed. Returns the receivers' input at each receiver layer above
+        ``start`` (those at or below keep their clean input): {layer: [run, active token, head, d_head]}."""
+        resid = self.clean.resid_pre[start].expand(n_runs, -1, -1)
+        inputs = {}
+        for layer in range(start, receivers.top_layer):
+            mid = resid + self.clean.attn_out[layer]
+            write = writes(layer)
+            if write is not None:
+                mid = mid + write
+            resid = mid + self.w.mlp(layer, mid)
+            if layer + 1 in receivers.heads_at:
+                inputs[layer + 1] = receivers.read(self.w.qkv(layer + 1, resid, receivers.heads_at[layer + 1]))
+        return inputs
+
+    def _clean_receiver_input(self, layer: int, receivers: Receivers) -> Tensor:
+        """The receivers' input at ``layer`` in the clean run, as one run: [1, active token, head, d_head]."""
+        return receivers.read(self.w.qkv(layer, self.clean.resid_pre[layer], receivers.heads_at[layer]))[None]
+
+    # -------------------------------------------------------- step 2: the receivers' pass
+    def _receivers_pass(self, inputs: dict[int, Tensor], receivers: Receivers) -> Tensor:
+        """Step 2: the clean run from the lowest layer in ``inputs``, with the receivers' input
+        at each layer set to ``inputs[layer]`` ([run, active token, head, d_head]); the metric
+        of each run: [run]."""
+        first, last = min(inputs), self.w.n_layers - 1
+        resid = self._first_receivers_layer(first, inputs[first], receivers)
+        if self.full_metric:  # every logit is read: every layer at every (active) token
+            for layer in range(first + 1, last + 1):
+                resid = self._patched_layer(layer, resid, inputs.get(layer), receivers)
+            return self._metric_of_all_logits(resid)
+        for layer in range(first + 1, last):
+            resid = self._patched_layer(layer, resid, inputs.get(layer), receivers)
+        if first == last:
+            ends = resid[:, self.tokens.end_active]
+        else:  # the last layer: only the ENDs' queries reach the metric
+            ends = self._patched_layer(last, resid, inputs.get(last), receivers, ends_only=True)
+        return self.metric.from_end_logits(self.w.logits(ends[:, self.tokens.unorder]))
+
+    def _first_receivers_layer(self, layer: int, patched: Tensor, receivers: Receivers) -> Tensor:
+        """The lowest patched layer: only its receiver heads see anything new, every other head
+        keeps its clean output. Returns the residual stream after the layer: [run, active token, d_model]."""
+        heads = receivers.heads_at[layer]
+        resid = self.clean.resid_pre[layer].expand(patched.shape[0], -1, -1)
+        qkv = self.w.qkv(layer, resid, heads)._replace(**{receivers.input: patched})
+        q, k, v = (self.tokens.fill(clean[:, heads], x) for clean, x in zip(self.clean_qkv(layer), qkv))
+        z = self.tokens.only_active(self.tokens.attend(q, k, v))
+        out = self.clean.attn_out[layer] + self.w.attn_out(layer, z - self.clean.z[layer][:, heads], heads)
+        mid = resid + out
+        return mid + self.w.mlp(layer, mid)
+
+    def _patched_layer(self, layer: int, resid: Tensor, patched: Tensor | None, receivers: Receivers, ends_only: bool = False) -> Tensor:
+        """A layer above the first patched one: every head recomputed, the receivers' input set
+        to ``patched`` (if any here). [run, active token, d_model] -> the same, or with
+        ``ends_only`` each prompt's END only: [run, prompt, d_model], in packed prompt order."""
+        q, k, v = receivers.patch(self.w.qkv(layer, resid), layer, patched)
+        clean_q, clean_k, clean_v = self.clean_qkv(layer)
+        k, v = self.tokens.fill(clean_k, k), self.tokens.fill(clean_v, v)
+        if ends_only:
+            z = self.tokens.attend_ends(q[:, self.tokens.end_active], k, v)
+            resid = resid[:, self.tokens.end_active]
         else:
-            floats += self.N * w.W_U.shape[1]
-        return 4 * floats / 2**20
+            z = self.tokens.only_active(self.tokens.attend(self.tokens.fill(clean_q, q), k, v))
+        mid = resid + self.w.attn_out(layer, z) + self.w.b_O[layer]
+        return mid + self.w.mlp(layer, mid)
 
+    def _metric_of_all_logits(self, resid: Tensor) -> Tensor:
+        """The metric of each run from its full logits (every token is active then, and the
+        prompts are all equally long, in the caller's order)."""
+        logits = self.w.logits(resid).unflatten(1, (self.tokens.n_prompts, self.tokens.seq_len))[:, self.tokens.unorder]
+        return torch.stack([torch.as_tensor(self.metric(lg)) for lg in logits])
+
+    # -------------------------------------------------------------------- the two ways through
     def chunk_size(self) -> int:
-        return max(1, int(self.budget // max(self._per_set_mb(), 1e-6)))
+        """How many sender sets run together within the memory budget."""
+        return max(1, int(self.memory_budget_mb // max(self._per_set_mb(), 1e-6)))
 
-    def _deltas(self, sets: list[list[Head]], layer: int) -> Tensor | None:
-        """Per sender set, the change its heads at ``layer`` write into the residual stream."""
-        w = self.w
-        rows = []
-        any_here = False
-        for s in sets:
-            heads = [h for l, h in s if l == layer]
-            if heads:
-                any_here = True
-                rows.append(w.attn_out(layer, self.dz[layer][:, heads], heads))
-            else:
-                rows.append(torch.zeros_like(self.act.resid_pre[0]))
-        return torch.stack(rows) if any_here else None
-
-    def _receiver_inputs(self, sets, receivers, which) -> dict[int, Tensor]:
-        """Step 1: receivers' ``which`` under each sender set's frozen-head run, at the active
-        tokens. {layer: [C, TA, h, e]}"""
-        w = self.w
-        C = len(sets)
-        recv_layers = sorted({l for l, _ in receivers})
-        heads_at = {L: [h for l, h in receivers if l == L] for L in recv_layers}
-        lowest_sender = min((l for s in sets for l, _ in s), default=w.n_layers)
-        # receivers at or below the lowest sender keep their clean input: step 2 need not start
-        # there (``run`` never passes a set that reaches no receiver)
-        out = {}
-        start = lowest_sender
-        if start < recv_layers[-1]:
-            resid = self.act.resid_pre[start].expand(C, -1, -1)
-            for l in range(start, recv_layers[-1]):
-                mid = resid + self.act.attn_out[l]
-                delta = self._deltas(sets, l)
-                if delta is not None:
-                    mid = mid + delta
-                resid = mid + w.mlp(l, mid)
-                if l + 1 in heads_at and l + 1 > lowest_sender:
-                    out[l + 1] = w.qkv(l + 1, resid, which, heads_at[l + 1])
-        return out
-
-    def _patched_metric(self, patched: dict[int, Tensor], receivers, which) -> Tensor:
-        """Step 2: the clean run from the lowest receiver layer, receivers' input patched."""
-        w = self.w
-        C = next(iter(patched.values())).shape[0]
-        L0 = min(patched)
-        heads_at = {L: [h for l, h in receivers if l == L] for L in patched}
-        resid = self.act.resid_pre[L0].expand(C, -1, -1)  # active tokens only
-        last = w.n_layers - 1
-        for l in range(L0, w.n_layers):
-            only_end = (l == last) and not self.full_metric
-            if l == L0:
-                # only the receiver heads of this layer see anything new
-                hs = heads_at[l]
-                qkv = {x: w.qkv(l, resid, x, hs) for x in "qkv"}
-                qkv[which] = patched[l]
-                full = [self._fill(c[:, hs], qkv[x]) for c, x in zip(self.clean_qkv(l), "qkv")]
-                z = self._active(self._attend(*full))
-                out = self.act.attn_out[l] + w.attn_out(l, z - self.act.z[l][:, hs], hs)
-                mid = resid + out
-                resid = mid + w.mlp(l, mid)
-                continue
-            q, k, v = w.qkv_all(l, resid)
-            if l in heads_at:
-                {"q": q, "k": k, "v": v}[which][:, :, heads_at[l]] = patched[l]
-            cq, ck, cv = self.clean_qkv(l)
-            k, v = self._fill(ck, k), self._fill(cv, v)
-            if only_end:
-                z = self._attend_end(q[:, self.end_act], k, v)  # [C, N, H, e]
-                mid = resid[:, self.end_act] + w.attn_out_all(l, z) + w.b_O[l]
-                final = (mid + w.mlp(l, mid))[:, self.unorder]  # [C, N, d], the caller's prompt order
-                return self.metric.from_end_logits(_end_logits(w, final))
-            z = self._active(self._attend(self._fill(cq, q), k, v))
-            mid = resid + w.attn_out_all(l, z) + w.b_O[l]
-            resid = mid + w.mlp(l, mid)
-        if self.full_metric:  # (no token is skipped then)  # one group of full-length prompts, in the caller's order
-            logits = (w.ln(resid) @ w.W_U + w.b_U).unflatten(1, (self.N, self.S))[:, self.unorder]
-            return torch.stack([torch.as_tensor(self.metric(lg)) for lg in logits])
-        final = resid[:, self.end_act][:, self.unorder]
-        return self.metric.from_end_logits(_end_logits(w, final))
+    def _per_set_mb(self) -> float:
+        """The size of one sender set's working memory, in MB (generous: temporaries included)."""
+        w, n_tokens = self.w, self.tokens.n_tokens
+        d_model, d_mlp = w.W_E.shape[1], w.W_in.shape[-1]
+        floats = n_tokens * (6 * d_model + 2 * d_mlp) + 3 * w.n_heads * sum(n * length * length for _, n, length in self.tokens.groups)
+        floats += (n_tokens if self.full_metric else self.tokens.n_prompts) * w.W_U.shape[1]
+        return 4 * floats / 2**20
 
     def run(
         self,
@@ -434,42 +509,66 @@ class PathPatchingEngine:
         progress: bool = True,
     ) -> Tensor:
         """The metric after path patching each sender set (all its heads together). [n_sets]"""
-        receivers = _check_receivers(self.model, receivers, receiver_input)
-        sets = [[(int(l), int(h)) for l, h in s] for s in sender_sets]
+        recv = Receivers.of(self.model, receivers, receiver_input)
+        sets = [check_senders(self.model, s) for s in sender_sets]
         results = torch.empty(len(sets))
-        max_recv = max(l for l, _ in receivers)
-        # sender sets that reach no receiver give the clean metric; compute it once
-        reach = [i for i, s in enumerate(sets) if any(l < max_recv for l, _ in s)]
+        # sender sets that reach no receiver give the clean metric, as the plain implementation
+        # does; it is computed once
+        reach = [i for i, s in enumerate(sets) if any(l < recv.top_layer for l, _ in s)]
         blind = [i for i in range(len(sets)) if i not in reach]
-        if blind:  # exactly the unpatched metric, as the plain implementation gives
+        if blind:
             with torch.no_grad():
                 results[blind] = float(self.metric(self.model(self.orig_toks)))
-        # chunks never mix lowest sender layers: a chunk starts at its senders' layer, and skips
-        # the receivers below it
+        # a chunk holds sets of one lowest sender layer: its step 1 starts there
         size = self.chunk_size()
         by_layer: dict[int, list[int]] = {}
         for i in reach:
             by_layer.setdefault(min(l for l, _ in sets[i]), []).append(i)
-        chunks = [g[i : i + size] for _, g in sorted(by_layer.items()) for i in range(0, len(g), size)]
-        order = [i for c in chunks for i in c]
-        for chunk in tqdm(chunks, desc=f"path patching -> {receiver_input} ({len(order)} senders)", disable=not progress):
-            results[chunk] = self._run_chunk([sets[i] for i in chunk], receivers, receiver_input).float().cpu()
+        chunks = [(layer, g[i : i + size]) for layer, g in sorted(by_layer.items()) for i in range(0, len(g), size)]
+        desc = f"path patching -> {receiver_input} ({len(reach)} senders)"
+        for start, chunk in tqdm(chunks, desc=desc, disable=not progress):
+            chunk_sets = [sets[i] for i in chunk]
+            with torch.no_grad():
+                inputs = self._frozen_run(start, len(chunk), lambda layer: self._sender_writes(chunk_sets, layer), recv)
+                results[chunk] = self._receivers_pass(inputs, recv).float().cpu()
         return results
 
-    def clean_metric(self, receivers, which) -> float:
+    def attribute(self, receivers: Sequence[Head], receiver_input: ReceiverInput) -> Float[Tensor, "sender_layer sender_head"]:
+        """First-order estimate of :meth:`run` for every single head below the receivers:
+        [top receiver layer, n_heads].
+
+        Step 1 runs once from layer 0 with a zero *tap* added at every layer where a sender's
+        write would go; step 2 measures the metric; one backward pass gives its gradient at every
+        tap. A head's estimate is the clean metric plus its write dotted with the gradient at its
+        layer.
+        """
+        if not hasattr(self.metric, "from_end_logits"):
+            raise ValueError("attribution_path_patching needs a metric with from_end_logits (see make_ioi_metric).")
+        recv = Receivers.of(self.model, receivers, receiver_input)
+        sender_layers = recv.top_layer
+        estimate = torch.zeros(sender_layers, self.w.n_heads)
+        if sender_layers == 0:  # receivers in layer 0 only: no head can send to them
+            return estimate
+        with torch.enable_grad():
+            taps = [torch.zeros_like(self.clean.resid_pre[0], requires_grad=True) for _ in range(sender_layers)]
+            inputs = self._frozen_run(0, 1, lambda layer: taps[layer], recv)
+            if 0 in recv.heads_at:
+                inputs[0] = self._clean_receiver_input(0, recv)
+            grads = torch.autograd.grad(self._receivers_pass(inputs, recv)[0], taps)
+        for layer in range(sender_layers):
+            for head in range(self.w.n_heads):
+                estimate[layer, head] = (self._head_write(layer, [head]) * grads[layer]).sum().item()
+        return estimate + self.clean_metric(receivers, receiver_input)
+
+    def clean_metric(self, receivers: Sequence[Head], receiver_input: ReceiverInput) -> float:
         """The metric of the clean run, computed by the engine's own arithmetic."""
-        L = min(l for l, _ in receivers)
+        recv = Receivers.of(self.model, receivers, receiver_input)
         with torch.no_grad():
-            x = self.w.qkv(L, self.act.resid_pre[L], which, [h for l, h in receivers if l == L])
-            return float(self._patched_metric({L: x[None]}, receivers, which)[0])
-
-    def _run_chunk(self, sets, receivers, which) -> Tensor:
-        with torch.no_grad():
-            patched = self._receiver_inputs(sets, receivers, which)
-            return self._patched_metric(patched, receivers, which)
+            layer = recv.lowest_layer
+            return float(self._receivers_pass({layer: self._clean_receiver_input(layer, recv)}, recv)[0])
 
 
-# ------------------------------------------------------------------------------------ faces
+# -------------------------------------------------------------------------------- the faces
 def path_patch_heads_to_heads(
     model,
     receivers: Sequence[Head],
@@ -485,7 +584,7 @@ def path_patch_heads_to_heads(
     Same result as :func:`ioi_anomalies.patching.path_patch_heads_to_heads_plain`, computed by
     the engine. Returns [max receiver layer, n_heads].
     """
-    receivers = _check_receivers(model, receivers, receiver_input)
+    receivers = check_receivers(model, receivers, receiver_input)
     max_layer = max(l for l, _ in receivers)
     engine = PathPatchingEngine(model, orig, new, metric, memory_budget_mb)
     senders = [[(l, h)] for l in range(max_layer) for h in range(model.cfg.n_heads)]
@@ -506,8 +605,10 @@ def path_patch_senders(
     Several senders together need not do the sum of what each does alone: their changes to a
     receiver's keys meet inside one softmax.
     """
+    receivers = check_receivers(model, receivers, receiver_input)
+    senders = check_senders(model, senders)
     engine = PathPatchingEngine(model, orig, new, metric)
-    return float(engine.run([list(senders)], receivers, receiver_input, progress=False)[0])
+    return float(engine.run([senders], receivers, receiver_input, progress=False)[0])
 
 
 def attribution_path_patching(
@@ -525,34 +626,10 @@ def attribution_path_patching(
     ``(z_new - z_clean) @ W_O``, plus the clean metric. Exact for tiny changes; softmax
     saturation and MLP nonlinearity make it drift for big ones.
     """
-    receivers = _check_receivers(model, receivers, receiver_input)
+    receivers = check_receivers(model, receivers, receiver_input)
     if not hasattr(metric, "from_end_logits"):
         raise ValueError("attribution_path_patching needs a metric with from_end_logits (see make_ioi_metric).")
-    engine = PathPatchingEngine(model, orig, new, metric)
-    w, clean = engine.w, engine.act  # the active tokens: elsewhere no sender changes anything
-    max_layer = max(l for l, _ in receivers)
-    recv_layers = sorted({l for l, _ in receivers})
-    heads_at = {L: [h for l, h in receivers if l == L] for L in recv_layers}
-    with torch.enable_grad():
-        taps = [torch.zeros_like(clean.resid_pre[0], requires_grad=True) for _ in range(max_layer)]
-        resid = clean.resid_pre[0].clone()
-        patched = {}
-        for l in range(max_layer):
-            mid = resid + clean.attn_out[l] + taps[l]
-            resid = mid + w.mlp(l, mid)
-            if l + 1 in heads_at:
-                patched[l + 1] = w.qkv(l + 1, resid, receiver_input, heads_at[l + 1])[None]
-        if 0 in heads_at:
-            patched[0] = w.qkv(0, clean.resid_pre[0], receiver_input, heads_at[0])[None]
-        value = engine._patched_metric(patched, receivers, receiver_input)[0]
-        grads = torch.autograd.grad(value, taps)
-    out = torch.zeros(max_layer, w.n_heads)
-    for l in range(max_layer):
-        for h in range(w.n_heads):
-            dz = engine.dz[l][:, [h]]
-            out[l, h] = (w.attn_out(l, dz, [h]) * grads[l]).sum().item()
-    base = engine.clean_metric(receivers, receiver_input)
-    return out + base
+    return PathPatchingEngine(model, orig, new, metric).attribute(receivers, receiver_input)
 
 
 def compare_with_exact(exact: Tensor, approx: Tensor) -> dict[str, float]:

@@ -32,7 +32,9 @@ def tokenizer_files_dir() -> Path:
     return Path(str(resources.files("ioi_anomalies") / "data" / "gpt2-tokenizer"))
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """The project's cache folder: ``$IOI_ANOMALIES_CACHE``, else ``$XDG_CACHE_HOME/ioi_anomalies``
+    (``~/.cache/ioi_anomalies``). Built tokenizers and random models are kept there."""
     root = os.environ.get("IOI_ANOMALIES_CACHE")
     if root:
         return Path(root)
@@ -77,7 +79,7 @@ def save_tokenizer(directory: str | os.PathLike) -> Path:
 
 def tokenizer_dir() -> Path:
     """A directory with the saved GPT-2 tokenizer, created on first use."""
-    target = _cache_root() / "gpt2-tokenizer"
+    target = cache_root() / "gpt2-tokenizer"
     if not (target / "tokenizer.json").exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         save_tokenizer(tmp)

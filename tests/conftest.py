@@ -46,3 +46,97 @@ def ioi(tiny_model):
 @pytest.fixture(scope="session")
 def abc(ioi):
     return ioi.gen_flipped_prompts(ABC_FLIP)
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory):
+    """The expected-output pages (``tools.report``), built once per session: (folder, {name: page info})."""
+    from tools.report import build
+
+    out = tmp_path_factory.mktemp("report")
+    pages = build(out)
+    return out, {p["name"]: p for p in pages}
+
+
+def _secret_lines() -> set[str]:
+    """Lines students must never receive: solution regions, model answers, hidden tests, hidden tests' references.
+
+    Lines that also occur in what students get anyway (the released notebooks, the package) and short
+    lines (``return x``, ``else:``) are left out: they give nothing away.
+    """
+    import re
+
+    import nbformat
+
+    from grader.config import ROOT
+
+    secret, public = set(), set()
+    region = re.compile(r"^[ \t]*### BEGIN (SOLUTION|HIDDEN TESTS).*?^[ \t]*### END \1", re.S | re.M)
+    scheme = re.compile(r"=== BEGIN MARK SCHEME ===.*?=== END MARK SCHEME ===", re.S)
+    for path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            parts = [m.group(0) for m in region.finditer(cell.source)] + [m.group(0) for m in scheme.finditer(cell.source)]
+            if meta.get("solution") and not parts:
+                parts = [cell.source]  # a solution cell without markers is replaced whole on release
+            for part in parts:
+                secret.update(line.strip() for line in part.splitlines())
+    refs = ROOT / "grader" / "references"
+    for path in sorted(refs.glob("*.py")) if refs.is_dir() else []:
+        secret.update(line.strip() for line in path.read_text().splitlines())
+    for path in sorted((ROOT / "notebooks").glob("*/*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            public.update(line.strip() for line in cell.source.splitlines())
+    for path in sorted((ROOT / "ioi_anomalies").rglob("*.py")):
+        public.update(line.strip() for line in path.read_text().splitlines())
+    return {s for s in secret - public if len(s) >= 16 and not s.startswith("###") and "YOUR CODE HERE" not in s}
+
+
+@pytest.fixture(scope="session")
+def secret_lines() -> set[str]:
+    lines = _secret_lines()
+    assert len(lines) > 20, "the solutions have solution regions and hidden tests to look for"
+    return lines
+
+
+def leaked(text: str, secret: set[str]) -> list[str]:
+    """Secret lines found in ``text`` (as written, and HTML- or JSON-unescaped)."""
+    import html
+    import json
+
+    views = [text, html.unescape(text)]
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if data is not None:
+        views.append(json.dumps(data, ensure_ascii=False))
+        cells = data.get("cells") if isinstance(data, dict) else None
+        if isinstance(cells, list):  # a notebook: its sources as the student reads them
+            views.append("\n".join("".join(c.get("source", "")) for c in cells if isinstance(c, dict)))
+    return sorted(s for s in secret if any(s in v for v in views))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium with networking off (every host unresolvable, a dead proxy); 127.0.0.1 still answers."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Chromium is not installed: `make setup` installs Debian's chromium and chromium-driver (as root, with apt-get); "
+                    "elsewhere run `sudo apt-get install chromium chromium-driver`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
+                "--disable-default-apps", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1", "--allow-file-access-from-files"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    yield driver
+    driver.quit()

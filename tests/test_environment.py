@@ -31,3 +31,12 @@ def test_ci_runs_make_test():
     assert "make test" in ci
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+
+
+def test_setup_installs_the_pinned_cluster_extra():
+    """`make setup` (so `make test` and CI) and the conda environment install `.[cluster]`, so the cluster tests run."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    assert extra and all("==" in d for d in extra), extra
+    assert "-e '.[cluster]'" in (ROOT / "Makefile").read_text()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "-e .[cluster]" in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

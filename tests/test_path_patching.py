@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ioi_anomalies import make_ioi_metric, make_logit_diff_metric
-from ioi_anomalies.patching import path_patch_heads_to_heads_plain, path_patch_senders_plain
+from ioi_anomalies.patching import path_patch_heads_to_heads_plain, path_patch_logits, path_patch_senders_plain, z_cache
 from ioi_anomalies.path_patching import (
+    PackedTokens,
     PathPatchingEngine,
     Weights,
     attribution_path_patching,
@@ -95,3 +96,62 @@ def test_engine_refuses_a_model_it_cannot_reproduce(tiny_model_dir, ioi, abc):
     metric = make_logit_diff_metric(ioi)
     with pytest.raises(ValueError, match="does not reproduce"):
         PathPatchingEngine(raw, ioi, abc, metric)
+
+
+def test_attribution_patching_is_the_slope_of_plain_path_patching(model, ioi, abc):
+    """A head's estimate minus the clean metric is the derivative, at 0, of the plain path
+    patching with that head's change scaled by a small factor (central differences); receivers in
+    three layers, one of them layer 0. (The logit difference: unlike the IOI metric it is not 0 on
+    the clean run.)"""
+    metric = make_logit_diff_metric(ioi)
+    receivers = [(0, 2), (1, 1), (2, 3)]
+    approx = attribution_path_patching(model, receivers, "q", metric, ioi, abc)
+    assert approx.shape == (2, model.cfg.n_heads)
+    with torch.no_grad():
+        clean = float(metric(model(ioi.toks)))
+    orig_z, new_z = z_cache(model, ioi.toks), z_cache(model, abc.toks)
+    eps = 0.02
+    for l, h in [(0, 2), (1, 0), (1, 1)]:
+        ends = []
+        for scale in (eps, -eps):
+            scaled = {name: orig_z[name] + scale * (new_z[name] - orig_z[name]) for name in orig_z}
+            ends.append(float(metric(path_patch_logits(model, [(l, h)], receivers, "q", ioi.toks, orig_z, scaled))))
+        slope = (ends[0] - ends[1]) / (2 * eps)
+        assert abs(slope) > 5e-4, "the check must see a real effect"
+        assert abs(approx[l, h].item() - clean - slope) < 1e-5, (l, h, approx[l, h].item() - clean, slope)
+
+
+def test_attribution_patching_into_layer_0_has_no_senders(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    assert attribution_path_patching(model, [(0, 1)], "k", metric, ioi, abc).shape == (0, model.cfg.n_heads)
+
+
+def test_path_patching_rejects_senders_the_model_does_not_have(model, ioi, abc):
+    metric = make_ioi_metric(model, ioi, abc)
+    with pytest.raises(ValueError, match="sender 0.9 is not a head"):
+        path_patch_senders(model, [(0, 9)], [(2, 0)], "k", metric, ioi, abc)
+    with pytest.raises(ValueError, match="sender 5.0 is not a head"):
+        PathPatchingEngine(model, ioi, abc, metric).run([[(0, 1)], [(5, 0)]], [(2, 0)], "k", progress=False)
+
+
+def test_packed_tokens_keep_positions_up_to_end_and_compute_from_the_first_difference():
+    clean = torch.arange(20).view(4, 5)
+    new = clean.clone()
+    new[0, 1] = new[1, 2] = new[3, 0] = -1  # prompt 2 never differs: only its END is computed
+    end = torch.tensor([4, 2, 3, 2])
+    tokens = PackedTokens.build(clean, new, end, every_position=False)
+    # sorted by length (3, 3, 4, 5): prompts 1, 3, 2, 0
+    assert tokens.index.tolist() == [5, 6, 7, 15, 16, 17, 10, 11, 12, 13, 0, 1, 2, 3, 4]
+    assert tokens.groups == [(0, 2, 3), (6, 1, 4), (10, 1, 5)]
+    assert tokens.unorder.tolist() == [3, 0, 2, 1]
+    assert tokens.active.tolist() == [2, 3, 4, 5, 9, 11, 12, 13, 14]
+    assert tokens.end_active.tolist() == [0, 3, 4, 8]
+    assert torch.equal(tokens.pack(clean), tokens.index)
+    active = torch.full((1, tokens.n_active), -1)
+    filled = tokens.fill(tokens.pack(clean), active)[0]
+    assert filled.tolist() == [5, 6, -1, -1, -1, -1, 10, 11, 12, -1, 0, -1, -1, -1, -1]
+    assert torch.equal(tokens.only_active(filled[None]), active)
+
+    every = PackedTokens.build(clean, new, end, every_position=True)
+    assert every.index.tolist() == list(range(20)) and every.groups == [(0, 4, 5)]
+    assert every.n_active == every.n_tokens == 20 and every.end_active.tolist() == [4, 9, 14, 19]

@@ -1,52 +1,23 @@
-"""`make report` in a real browser: headless Chromium, networking off, every page checked.
+"""The expected-output pages (``tools.report``, ``make report``, part of ``make demo``).
 
-Building the report executes every solution notebook top to bottom on the embedded model, so
-this is also the test that each of them runs without an error.
+In a real browser (headless Chromium, networking off) every page is checked; every link from the
+student notebooks resolves; the pages show no solution code and no hidden test. Building them
+executes every solution notebook top to bottom on the embedded model, so this is also the test
+that each of them runs without an error.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
+import subprocess
 import time
 
 import pytest
 
 from grader.config import ROOT
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
-
-
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    from grader.report import build
-
-    out = tmp_path_factory.mktemp("report")
-    pages = build(out)
-    return out, {p["name"]: p for p in pages}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("Chromium is not installed: `make setup` installs Debian's chromium and chromium-driver (as root, with apt-get); "
-                    "elsewhere run `sudo apt-get install chromium chromium-driver`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                # networking off: no background traffic, every host unresolvable, every request through a dead proxy
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-                "--disable-default-apps", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--proxy-server=http://127.0.0.1:9", "--allow-file-access-from-files"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 
 def test_the_report_has_a_page_per_notebook_and_an_index(report):
@@ -68,6 +39,7 @@ def test_the_report_has_a_page_per_notebook_and_an_index(report):
 def test_page_renders_in_chromium_without_errors(report, browser, name):
     out, pages = report
     page = pages[name]
+    browser.get_log("browser")  # the shared browser's earlier messages are not this page's
     browser.get((out / f"{name}.html").as_uri())
     state = {}
     for _ in range(60):  # plotly and React draw asynchronously
@@ -101,3 +73,50 @@ def test_student_notebooks_link_their_report_page(name):
 
     nb = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
     assert f"](../../build/report/{name}.html)" in nb.cells[0].source, "the intro links the expected output"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)|href=[\"']([^\"']+)[\"']")
+
+
+def test_every_link_from_the_notebooks_resolves_after_make_demo(report):
+    """Relative links from notebooks/ point at files of a checkout, or at pages `make demo` builds (build/report/)."""
+    import nbformat
+
+    out, _ = report
+    built = ROOT / "build" / "report"
+    links = 0
+    for path in sorted((ROOT / "notebooks").glob("*/*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "markdown":
+                continue
+            for m in LINK.finditer(cell.source):
+                target = (m.group(1) or m.group(2)).split("#")[0]
+                if not target or re.match(r"^[a-z]+:", target):
+                    continue  # web links and anchors within the page
+                links += 1
+                resolved = (path.parent / target).resolve()
+                if resolved.is_relative_to(built):
+                    assert (out / resolved.relative_to(built)).exists(), f"{path.name}: {target} is not built by the report"
+                else:
+                    assert resolved.exists(), f"{path.name}: {target} does not exist in the checkout"
+    assert links >= len(ASSIGNMENTS)
+    make = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "-m tools.report" in make, "make demo builds the expected-output pages"
+
+
+def test_the_pages_show_no_solution_and_no_hidden_test(report, secret_lines):
+    from conftest import leaked
+
+    out, _ = report
+    for page in sorted(out.glob("*.html")):
+        assert not leaked(page.read_text(), secret_lines), f"{page.name} shows solution or hidden-test lines"
+
+
+def test_the_leak_check_finds_a_solution_line(secret_lines):
+    """Control: a page that did show the solution would be caught."""
+    from conftest import leaked
+
+    import html
+
+    line = sorted(secret_lines)[0]
+    assert leaked(f"<pre>{html.escape(line)}</pre>", secret_lines) == [line]

@@ -1,10 +1,14 @@
-"""``make report``: the executed series as a static web report that works offline.
+"""``python -m tools.report`` (``make report``, part of ``make demo``): the expected-output pages.
 
-Every solution notebook runs top to bottom on the available model (the embedded one unless
+Every assignment runs top to bottom on the available model (the embedded one unless
 ``IOI_ANOMALIES_MODEL`` says otherwise) and becomes one page under ``build/report/``, with an
-index. Plotly figures are drawn by a local copy of plotly.js, circuitsvis views by circuitsvis's
-own bundled script, both in ``build/report/assets/``: the pages load nothing from the network.
-The student notebooks link to their page as the expected output.
+index. The student notebooks link to their page as the expected output, so the pages are safe to
+hand to students: what runs is the solution's answer cells with every other cell as released
+(visible tests only: hidden tests are never run), and what is shown is the released notebook's
+text (answer cells as the student receives them, no solution code, no hidden test) with the
+outputs and figures of that run. Plotly figures are drawn by a local copy of plotly.js, circuitsvis
+views by circuitsvis's own bundled script, both in ``build/report/assets/``: the pages load nothing
+from the network.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from .config import ROOT
+from .paths import ROOT
 
 OUT = ROOT / "build" / "report"
 KERNEL = "ioi-anomalies"
@@ -35,7 +39,7 @@ body{font-family:system-ui,-apple-system,sans-serif;max-width:70rem;margin:1.5re
 pre{background:#f6f8fa;padding:.6rem .8rem;overflow-x:auto;font-size:.85rem;border-radius:4px}
 .code pre{border-left:3px solid #8fb3e0}.out pre{background:#fff;border-left:3px solid #ccc}
 .err pre{background:#fff0f0;border-left:3px solid #d33}nav a{margin-right:1rem}
-.plot{width:100%;min-height:420px}img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem}
+.caption{font-size:.8rem;color:#57606a;font-style:italic}.plot{width:100%;min-height:420px}img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem}
 """
 
 
@@ -58,10 +62,24 @@ def _cv_inline() -> str:
     return (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8").replace("</script>", "")
 
 
-def execute(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
+def student_run(name: str) -> nbformat.NotebookNode:
+    """The released notebook with the solution's answer cells: what runs (visible tests only), shown as released."""
+    released = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    solution = nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4)
+    if [c.id for c in released.cells] != [c.id for c in solution.cells]:
+        raise SystemExit(f"notebooks/{name} does not match solutions/{name}: run `make release`")
+    for r, s in zip(released.cells, solution.cells):
+        r.metadata["report_shown"] = r.source
+        if s.metadata.get("nbgrader", {}).get("solution") and s.cell_type == "code":
+            r.source = s.source
+    return released
+
+
+def execute(nb: nbformat.NotebookNode, folder: Path) -> tuple[nbformat.NotebookNode, float]:
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
+    from ioi_anomalies.validate import EXECUTION
+
     nb.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE, id="report-prelude"))
     env_before = dict(os.environ)
     os.environ.setdefault("IOI_ANOMALIES_MODEL", "embedded")
@@ -69,8 +87,8 @@ def execute(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, floa
     os.environ["TQDM_DISABLE"] = "1"
     t0 = time.perf_counter()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, allow_errors=False,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, kernel_name=KERNEL, allow_errors=False, resources={"metadata": {"path": str(folder)}},
+                       **EXECUTION).execute()
     finally:
         os.environ.clear()
         os.environ.update(env_before)
@@ -99,12 +117,15 @@ def render(nb, title: str, nav: str, cv_inline: str) -> str:
     body = []
     n_plot = 0
     for cell in nb.cells:
+        shown = cell.metadata.get("report_shown", cell.source)  # the released text, never the solution's
         if cell.cell_type == "markdown":
-            body.append(f"<div class='md'>{_markdown(cell.source)}</div>")
+            body.append(f"<div class='md'>{_markdown(shown)}</div>")
             continue
         if cell.cell_type != "code":
             continue
-        body.append(f"<div class='code'><pre>{e(_strip_markers(cell.source))}</pre></div>")
+        answer = cell.metadata.get("nbgrader", {}).get("solution")
+        caption = "<div class='caption'>your answer goes here; below, the output it should give</div>" if answer else ""
+        body.append(f"<div class='code'>{caption}<pre>{e(_strip_markers(shown))}</pre></div>")
         for out in cell.get("outputs", []):
             kind = out.get("output_type")
             if kind == "stream":
@@ -144,7 +165,7 @@ def build(out: Path = OUT, assignments: list[str] | None = None) -> list[dict]:
     nav = "<a href='index.html'>Index</a>" + "".join(f"<a href='{n}.html'>{html.escape(n)}</a>" for n in names)
     pages = []
     for name in tqdm(names, desc="executing notebooks", unit="notebook"):
-        nb, seconds = execute(ROOT / "solutions" / name / f"{name}.ipynb")
+        nb, seconds = execute(student_run(name), ROOT / "notebooks" / name)
         (out / f"{name}.html").write_text(render(nb, name, nav, cv_inline), encoding="utf-8")
         outputs = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         figs = [d["application/vnd.plotly.v1+json"] for d in outputs if "application/vnd.plotly.v1+json" in d]
@@ -155,16 +176,17 @@ def build(out: Path = OUT, assignments: list[str] | None = None) -> list[dict]:
     rows = "".join(f"<tr><td><a href='{p['page']}'>{html.escape(p['name'])}</a></td><td>{p['plots']}</td><td>{p['seconds']} s</td></tr>" for p in pages)
     (out / "index.html").write_text(
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>IOI anomalies: expected outputs</title><style>{_CSS}</style></head>"
-        f"<body><h1>IOI anomalies: expected outputs</h1><p>Every solution notebook, executed on the {html.escape(model)} model.</p>"
+        f"<body><h1>IOI anomalies: expected outputs</h1><p>Every notebook as it should look once solved, executed on the {html.escape(model)} model "
+        "(answers and hidden tests are not shown).</p>"
         f"<table><tr><th>notebook</th><th>figures</th><th>run time</th></tr>{rows}</table></body></html>", encoding="utf-8")
     (out / "report.json").write_text(json.dumps({"model": model, "pages": pages}, indent=1))
     return pages
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("assignments", nargs="*")
-    p.add_argument("--out", type=Path, default=OUT)
+    p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("assignments", nargs="*", help="which assignments (default: all)")
+    p.add_argument("--out", type=Path, default=OUT, help="output folder (default: build/report)")
     a = p.parse_args(argv)
     pages = build(a.out, a.assignments or None)
     print(f"report: {a.out / 'index.html'} ({len(pages)} pages)")

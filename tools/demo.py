@@ -1,4 +1,4 @@
-"""`make demo`: load the available model, build the IOI dataset, measure it, save a figure.
+"""``python -m tools.demo`` (first step of ``make demo``): load the available model, build the IOI dataset, measure it, save a figure.
 
 GPT-2 small where it can be had (HF cache or network), else the embedded model.
 """
@@ -10,13 +10,13 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from . import ABC_FLIP, IOIDataset, head_dla, imshow, load_model, logit_diff, model_label
+    from ioi_anomalies import ABC_FLIP, IOIDataset, head_dla, imshow, load_model, logit_diff, model_label
 
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     p.add_argument("--model", default=None, help="'gpt2-small', 'embedded', or a model directory (default: automatic)")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the figure (default: demo-output)")
+    p.add_argument("--n", type=int, default=25, help="number of IOI prompts (default: 25)")
+    p.add_argument("--seed", type=int, default=1, help="dataset seed (default: 1)")
     a = p.parse_args(argv)
 
     model = load_model(a.model)

@@ -1,0 +1,3 @@
+"""The project's tools, outside what students import: the expected-output pages (``tools.report``),
+the model demo (``tools.demo``), the student's JupyterLab (``tools.lab``) and the student hand-out
+(``tools.handout``). Each is run as ``python -m tools.<name>`` (or its make target)."""
