@@ -26,6 +26,12 @@ steps of the marker task alone; then the best ``--hold-prev`` previous-token hea
 query and key weights they have, and the positions stop learning (see ``HeldHeads``), while
 the rest of the model, their values and outputs included, trains on the mix.
 
+``--roles`` (6 layers x 4 heads) adds objectives that name heads instead: each role of GPT-2
+small's IOI circuit is put on a chosen head (``ROLE_LAYOUT``) by losses on where it attends, ablation
+dropout of the name mover, a hinge on the negative name mover's direct logit attribution and
+interchange-intervention training of the S-inhibition heads (see ``Roles``; the model card says
+what its runs reached).
+
 The final name of an IOI prompt gets a larger loss weight (``--end-weight``). The output layer is
 trained with a sampled softmax (the batch's targets plus random negatives), so a step costs a
 fraction of a full 50,257-way softmax; the saved model is an ordinary GPT-2, evaluated with the
