@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 # Names resolve on first use (PEP 562), so `import ioi_anomalies.checks` does not pull in
 # TransformerLens; `from ioi_anomalies import load_model` works as usual.
 _EXPORTS = {
-    **dict.fromkeys(['circuit_ablation_hooks', 'logit_diff_with_circuit', 'logit_diff_without_heads', 'mean_ablation_hooks', 'mean_z_by_template', 'patch_heads_z', 'z_patch_hooks'], 'ablation'),
-    **dict.fromkeys(['component_dla', 'final_ln_scale', 'final_ln_scale_ratio', 'head_dla', 'logit_diff_directions'], 'attribution'),
+    **dict.fromkeys(['circuit_keep_masks', 'mean_z_by_template'], 'ablation'),
+    **dict.fromkeys(['component_dla', 'final_ln_scale', 'head_dla', 'logit_diff_directions'], 'attribution'),
     **dict.fromkeys(['GPT2_SMALL_CIRCUIT', 'SEQ_POS_TO_KEEP', 'get_circuit', 'get_named_heads'], 'circuit'),
     **dict.fromkeys(['ABC_FLIP', 'FLIP_GRID', 'NAMES', 'IOIDataset'], 'dataset'),
     **dict.fromkeys(['generate_repeated_tokens', 'head_type_scores', 'repeated_token_loss'], 'head_scores'),
@@ -40,11 +40,8 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for editors and type checkers
-    from .ablation import (
-        circuit_ablation_hooks, logit_diff_with_circuit, logit_diff_without_heads, mean_ablation_hooks,
-        mean_z_by_template, patch_heads_z, z_patch_hooks,
-    )
-    from .attribution import component_dla, final_ln_scale, final_ln_scale_ratio, head_dla, logit_diff_directions
+    from .ablation import circuit_keep_masks, mean_z_by_template
+    from .attribution import component_dla, final_ln_scale, head_dla, logit_diff_directions
     from .circuit import GPT2_SMALL_CIRCUIT, SEQ_POS_TO_KEEP, get_circuit, get_named_heads
     from .dataset import ABC_FLIP, FLIP_GRID, NAMES, IOIDataset
     from .head_scores import generate_repeated_tokens, head_type_scores, repeated_token_loss

@@ -138,18 +138,3 @@ def component_dla(model, dataset, ln_position: LNPosition = "end") -> tuple[Tens
         s = torch.as_tensor(dataset.s_tokenIDs, device=b_U.device)
         bias = (b_U[io] - b_U[s]).mean()
     return torch.cat([values, bias.reshape(1)]), labels + ["b_U"]
-
-
-@torch.inference_mode()
-def final_ln_scale_ratio(model, dataset, fwd_hooks=(), ln_position: LNPosition = "end") -> Float[Tensor, ""]:
-    """Mean over prompts of (final LN scale without ``fwd_hooks``) / (scale with them), at ``end``.
-
-    This is the reference's ratio (about 1.04 on GPT-2 small when 9.9 is mean-ablated): above 1,
-    the residual stream at ``end`` *shrank* under the ablation, so LayerNorm divides by less and
-    every remaining head's direct effect grows by that factor. Part of the 'compensation' after an
-    ablation is this rescaling, not any head changing what it does.
-    """
-    assert_no_hooks(model, "final_ln_scale_ratio")
-    _, before = run_and_cache(model, dataset.toks, ["ln_final.hook_scale"], return_logits=False)
-    _, after = run_and_cache(model, dataset.toks, ["ln_final.hook_scale"], fwd_hooks=fwd_hooks, return_logits=False)
-    return (final_ln_scale(before, dataset, ln_position) / final_ln_scale(after, dataset, ln_position)).mean()

@@ -26,12 +26,11 @@ from . import (
     load_model,
     logit_diff,
     make_ioi_metric,
-    mean_ablation_hooks,
     mean_z_by_template,
     path_patch_heads_to_heads,
     repeated_token_loss,
 )
-from .attribution import final_ln_scale_ratio
+from .attribution import final_ln_scale
 from .hooks import run_and_cache
 from .models import EMBEDDED_MODEL, embedded_model_dir
 
@@ -67,9 +66,49 @@ def fit_signal_coefficients(grid: torch.Tensor) -> tuple[float, float]:
     return coef[1].item(), coef[2].item()
 
 
+def _end_ablation_hooks(heads, means, end):
+    """Hooks that set the given heads' ``z`` to ``means`` at each prompt's END (the model card's
+    own; the notebooks have students write theirs)."""
+    def make(layer, hs):
+        def hook(z, hook):
+            rows = torch.arange(z.shape[0], device=z.device)
+            for h in hs:
+                z[rows, end, h] = means[layer][rows, end, h].to(z.device)
+            return z
+        return hook
+    by_layer: dict[int, list[int]] = {}
+    for l, h in heads:
+        by_layer.setdefault(int(l), []).append(int(h))
+    return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in sorted(by_layer.items())]
+
+
+@torch.inference_mode()
+def _patched_logits(model, orig, new, heads):
+    """Logits of ``orig`` with the given heads' ``z`` (all positions) taken from a run on ``new``."""
+    names = sorted({f"blocks.{l}.attn.hook_z" for l, _ in heads})
+    _, cache = run_and_cache(model, new.toks, names, return_logits=False)
+
+    def make(l, h):
+        def hook(z, hook):
+            z[:, :, h] = cache[f"blocks.{l}.attn.hook_z"][:, :, h].to(z.device)
+            return z
+        return hook
+
+    logits, _ = run_and_cache(model, orig.toks, [], fwd_hooks=[(f"blocks.{l}.attn.hook_z", make(l, h)) for l, h in heads])
+    return logits
+
+
+@torch.inference_mode()
+def _ln_scale_ratio(model, dataset, fwd_hooks) -> float:
+    """Mean over prompts of the final LayerNorm scale at END without / with ``fwd_hooks``."""
+    _, before = run_and_cache(model, dataset.toks, ["ln_final.hook_scale"], return_logits=False)
+    _, after = run_and_cache(model, dataset.toks, ["ln_final.hook_scale"], fwd_hooks=fwd_hooks, return_logits=False)
+    return (final_ln_scale(before, dataset) / final_ln_scale(after, dataset)).mean().item()
+
+
 @torch.inference_mode()
 def dla_after_ablation(model, ioi, heads, means):
-    hooks = mean_ablation_hooks(heads, means, ioi.word_idx["end"])
+    hooks = _end_ablation_hooks(heads, means, ioi.word_idx["end"])
     names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"]
     logits, cache = run_and_cache(model, ioi.toks, names, fwd_hooks=hooks)
     return head_dla(model, ioi, cache=cache), logit_diff(logits, ioi).item()
@@ -145,18 +184,17 @@ def measure(model) -> dict:
     results["ablation"] = {
         "top_name_mover": f"{top[0]}.{top[1]}", "dla_top": dla[top].item(), "logit_diff": ld,
         "naive_prediction": naive, "logit_diff_after": ld_ablated,
-        "compensation": (ld_ablated - naive), "ln_scale_ratio": final_ln_scale_ratio(
-            model, small, fwd_hooks=mean_ablation_hooks([top], means, small.word_idx["end"])).item(),
+        "compensation": (ld_ablated - naive), "ln_scale_ratio": _ln_scale_ratio(
+            model, small, _end_ablation_hooks([top], means, small.word_idx["end"])),
         "largest_rises": {f"{l}.{h}": round(rise[l, h].item(), 4) for l, h in backup},
     }
     # positional vs token signal of the S-inhibition heads (3x2 grid of logit differences)
-    from .ablation import patch_heads_z
     from .path_patching import path_patch_senders
 
     grid = torch.zeros(3, 2)
     for (row, col), flip in FLIP_GRID.items():
         ds = small if flip is None else small.gen_flipped_prompts(flip)
-        grid[row, col] = logit_diff(patch_heads_z(model, small, ds, s_inhib), small).item() if s_inhib else float("nan")
+        grid[row, col] = logit_diff(_patched_logits(model, small, ds, s_inhib), small).item() if s_inhib else float("nan")
     results["positional_vs_token_grid"] = grid.tolist()
     results["signal_coefficients"] = dict(zip(("token", "position"), fit_signal_coefficients(grid)))
     per_head = {}
@@ -164,7 +202,7 @@ def measure(model) -> dict:
         g = torch.zeros(3, 2)
         for (row, col), flip in FLIP_GRID.items():
             ds = small if flip is None else small.gen_flipped_prompts(flip)
-            g[row, col] = logit_diff(patch_heads_z(model, small, ds, [head]), small).item()
+            g[row, col] = logit_diff(_patched_logits(model, small, ds, [head]), small).item()
         per_head[f"{head[0]}.{head[1]}"] = dict(zip(("token", "position"), fit_signal_coefficients(g)))
     results["signal_coefficients_per_head"] = per_head
     results["head_scores"] = {k: [[round(x, 4) for x in row] for row in v.tolist()] for k, v in scores.items()}

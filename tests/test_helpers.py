@@ -8,22 +8,21 @@ import pytest
 import torch
 
 from ioi_anomalies import (
+    circuit_keep_masks,
     component_dla,
-    final_ln_scale_ratio,
     generate_repeated_tokens,
     head_dla,
     head_type_scores,
     hook_snapshot,
     logit_diff,
     make_ioi_metric,
-    mean_ablation_hooks,
     mean_z_by_template,
-    patch_heads_z,
     path_patch_heads_to_heads_plain,
     path_patch_senders,
     path_patch_senders_plain,
     repeated_token_loss,
 )
+from ioi_anomalies.hooks import run_and_cache
 from ioi_anomalies.patching import path_patch_logits
 
 
@@ -63,13 +62,6 @@ def test_head_dla_matches_the_component_decomposition(model, ioi):
     assert not torch.allclose(head_dla(model, ioi, ln_position="last"), dla), "the LN position must matter"
 
 
-def test_final_ln_scale_ratio_is_one_without_hooks(model, ioi, abc):
-    assert abs(float(final_ln_scale_ratio(model, ioi)) - 1) < 1e-6
-    means = mean_z_by_template(model, abc)
-    r = final_ln_scale_ratio(model, ioi, fwd_hooks=mean_ablation_hooks([(2, 1)], means, ioi.word_idx["end"]))
-    assert abs(float(r) - 1) > 1e-5
-
-
 def test_mean_z_by_template_against_a_loop(model, abc):
     means = mean_z_by_template(model, abc)
     _, cache = model.run_with_cache(abc.toks)
@@ -81,18 +73,18 @@ def test_mean_z_by_template_against_a_loop(model, abc):
                 torch.testing.assert_close(means[l, i], avg, atol=1e-5, rtol=1e-5)
 
 
-def test_mean_ablation_at_end_only_changes_end(model, ioi, abc):
-    means = mean_z_by_template(model, abc)
-    with model.hooks(fwd_hooks=mean_ablation_hooks([(1, 2)], means, ioi.word_idx["end"])):
-        _, cache = model.run_with_cache(ioi.toks)
-    _, clean = model.run_with_cache(ioi.toks)
-    z, z0 = cache["blocks.1.attn.hook_z"], clean["blocks.1.attn.hook_z"]
+def test_circuit_keep_masks_keep_each_class_at_its_position(model, ioi):
+    circuit = {"name mover": [(2, 1)], "s2 inhibition": [(1, 0), (1, 3)], "induction": [(0, 2)]}
+    masks = circuit_keep_masks(model, ioi, circuit)
+    assert len(masks) == model.cfg.n_layers
     rows = torch.arange(ioi.N)
-    end = ioi.word_idx["end"]
-    torch.testing.assert_close(z[rows, end, 2], means[1, rows, end, 2])
-    mask = torch.ones_like(z[..., 0, 0], dtype=torch.bool)
-    mask[rows, end] = False
-    torch.testing.assert_close(z[mask], z0[mask])
+    expected = [torch.zeros(ioi.N, ioi.toks.shape[1], model.cfg.n_heads, dtype=torch.bool) for _ in range(model.cfg.n_layers)]
+    for (l, h), pos in [((2, 1), "end"), ((1, 0), "end"), ((1, 3), "end"), ((0, 2), "S2")]:
+        expected[l][rows, ioi.word_idx[pos], h] = True
+    for got, exp in zip(masks, expected):
+        assert torch.equal(got, exp)
+    with pytest.raises(ValueError, match="no position to keep"):
+        circuit_keep_masks(model, ioi, {"made up": [(0, 0)]})
 
 
 def test_head_type_scores_against_explicit_loops(model):
@@ -108,19 +100,6 @@ def test_head_type_scores_against_explicit_loops(model):
             torch.testing.assert_close(scores[kind][l], torch.stack(vals).mean(0), atol=1e-6, rtol=1e-5)
     first, second = repeated_token_loss(model, toks)
     assert first > 0 and second > 0
-
-
-def test_activation_patching_agrees_with_transformer_lens(model, ioi, abc):
-    from transformer_lens import patching
-
-    metric = make_ioi_metric(model, ioi, abc)
-    _, abc_cache = model.run_with_cache(abc.toks)
-    tl = patching.get_act_patch_attn_head_out_all_pos(model, ioi.toks, abc_cache, metric)
-    ours = torch.zeros_like(tl)
-    for l, h in itertools.product(range(model.cfg.n_layers), range(model.cfg.n_heads)):
-        ours[l, h] = metric(patch_heads_z(model, ioi, abc, [(l, h)]))
-    torch.testing.assert_close(ours, tl, atol=1e-5, rtol=1e-4)
-    model.reset_hooks()
 
 
 def test_path_patching_from_a_sender_at_or_above_the_receivers_is_exactly_zero(model, ioi, abc):
@@ -177,18 +156,15 @@ def test_path_patching_rejects_bad_receivers(model, ioi, abc):
 # --- hook hygiene -----------------------------------------------------------------------------
 def _helpers(model, ioi, abc):
     metric = make_ioi_metric(model, ioi, abc)
-    means = mean_z_by_template(model, abc)
     toks = generate_repeated_tokens(model.cfg.d_vocab, 5, 2, seed=0)
     return {
         "logit_diff": lambda: logit_diff(model(ioi.toks), ioi),
         "make_ioi_metric": lambda: make_ioi_metric(model, ioi, abc),
         "head_dla": lambda: head_dla(model, ioi),
         "component_dla": lambda: component_dla(model, ioi),
-        "final_ln_scale_ratio": lambda: final_ln_scale_ratio(model, ioi, fwd_hooks=mean_ablation_hooks([(1, 1)], means, ioi.word_idx["end"])),
         "mean_z_by_template": lambda: mean_z_by_template(model, abc),
         "head_type_scores": lambda: head_type_scores(model, toks),
         "repeated_token_loss": lambda: repeated_token_loss(model, toks),
-        "patch_heads_z": lambda: patch_heads_z(model, ioi, abc, [(0, 1)]),
         "path_patch_senders": lambda: path_patch_senders(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
         "path_patch_senders_plain": lambda: path_patch_senders_plain(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
         "path_patch_heads_to_heads_plain": lambda: path_patch_heads_to_heads_plain(model, [(1, 0)], "k", metric, ioi, abc, progress=False),
@@ -216,7 +192,7 @@ def test_helpers_clean_up_when_they_raise(model, ioi, abc):
         raise RuntimeError("hook failed")
 
     with pytest.raises(RuntimeError, match="hook failed"):
-        final_ln_scale_ratio(model, ioi, fwd_hooks=[("blocks.0.attn.hook_z", exploding)])
+        run_and_cache(model, ioi.toks, ["ln_final.hook_scale"], fwd_hooks=[("blocks.0.attn.hook_z", exploding)])
     assert hook_snapshot(model) == before
     # caches of the wrong shape make the freezing hook fail in the middle of the forward pass
     broken = {f"blocks.{l}.attn.hook_z": torch.zeros(1) for l in range(model.cfg.n_layers)}
