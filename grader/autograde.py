@@ -8,6 +8,7 @@ unchanged (``--force`` regrades), so an interrupted batch resumes where it stopp
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .config import ROOT, Config
-from .intake import IntakeError, Source, find_notebook, plan
+from .intake import IntakeError, Source, find_notebook, list_files, plan
 
 STATUSES = ("graded", "tampered", "timeout", "crashed", "missing", "invalid_notebook", "grader_error")
 SUBMISSION_LIMIT = 50 << 20  # bytes copied into the sandbox per submission
@@ -65,23 +66,65 @@ def students(cfg: Config) -> list[str]:
 
 
 def submission_digest(folder: Path) -> str:
+    """SHA-256 of every file of a submission (names as bytes, contents), in a fixed order."""
+    import os
+
     h = hashlib.sha256()
     if folder.is_dir():
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(folder)).encode() + b"\0")
-                h.update(p.read_bytes())
+        good, bad = list_files(folder)
+        for rel in sorted([os.fsencode(r) for r, _ in good] + bad):
+            try:
+                data = Path(os.fsdecode(os.path.join(os.fsencode(folder), rel))).read_bytes()
+            except OSError:
+                data = b"(unreadable)"
+            h.update(rel + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+SECRET_FILE = "hidden-tests.key"
+
+
+def course_secret(cfg: Config) -> bytes:
+    """The course's secret for hidden-test seeds: made on first use in the course folder (mode 0600), then kept.
+
+    The course folder is not visible in the sandbox and is not committed (``.gitignore``).
+    """
+    import os
+    import secrets
+
+    path = cfg.course / SECRET_FILE
+    if not path.exists():
+        cfg.course.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cfg.course, prefix=".key.")
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+            os.close(fd)
+            os.link(tmp, path)  # atomic: the first writer wins, every process reads the same key
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_bytes().strip()
+
+
+def submission_key(secret: bytes, digest: str) -> bytes:
+    """What seeds a submission's hidden tests: HMAC-SHA256 of its content digest under the course secret."""
+    import hmac
+
+    return hmac.new(secret, bytes.fromhex(digest), hashlib.sha256).digest()
 
 
 def result_path(cfg: Config, assignment: str, student: str) -> Path:
     return cfg.results / assignment / f"{student}.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename; ``mode`` sets its permissions (else 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -116,24 +159,40 @@ def grade_one(cfg: Config, student: str, assignment: str) -> dict:
         nb_path, nb, notes = find_notebook(folder, source)
     except IntakeError as e:
         return {**base, "status": e.status, "reason": e.reason}
-    p = plan(source, nb, nb_path.name)
+    try:
+        p = plan(source, nb, nb_path.name)
+    except Exception as e:  # noqa: BLE001 - a notebook shaped so that it cannot be lined up with the assignment
+        return {**base, "status": "invalid_notebook", "reason": f"{nb_path.name} could not be lined up with the assignment ({type(e).__name__})"}
     p.notes = notes + p.notes
     base["notebook"] = str(nb_path.relative_to(folder))
     base["answers"] = p.answers
     from .judge import judge_submission
 
-    with tempfile.TemporaryDirectory(prefix="ioi-grade-") as tmp:
-        workdir = Path(tmp) / "work"
+    _, undecodable = list_files(folder)
+    if undecodable:
+        p.notes.append(f"{len(undecodable)} file(s) with names that are not valid UTF-8 were left out")
+    key = submission_key(course_secret(cfg), base["submission_sha256"])
+    tmp = Path(tempfile.mkdtemp(prefix="ioi-grade-"))
+    try:
+        workdir = tmp / "work"
         workdir.mkdir()
         size = 0
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and not f.is_symlink() and size + f.stat().st_size <= SUBMISSION_LIMIT:
-                size += f.stat().st_size
-                (workdir / f.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(f, workdir / f.relative_to(folder))
-        out = judge_submission(p, cfg, workdir)
+        for rel, f in list_files(folder)[0]:
+            n = f.stat().st_size
+            if size + n <= SUBMISSION_LIMIT:
+                size += n
+                (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, workdir / rel)
+        out = judge_submission(p, cfg, workdir, key)
+    finally:
+        remove_tree(tmp)
     tests = out["tests"]
     return {**base, **out, "score": round(sum(t["score"] for t in tests.values()), 6)}
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder whatever is in it (``rm -rf``: no recursion in Python, no failure on deep trees)."""
+    subprocess.run(["rm", "-rf", "--", str(path)], check=False, stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def _child_main(argv: list[str]) -> int:
@@ -143,12 +202,18 @@ def _child_main(argv: list[str]) -> int:
     cfg = Config(**{k: (Path(v) if k in Config.__dataclass_fields__ and isinstance(Config.__dataclass_fields__[k].default, Path) else v)
                     for k, v in data.items()})
     result = grade_one(cfg, student, assignment)
+    import resource
+
+    result["judge_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # for `make bench`
     Path(out).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
     return 0
 
 
 def _config_json(cfg: Config) -> str:
     return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+
+
+JUDGE_GRACE_S = 60  # after the wall limit, the judge process itself is stopped
 
 
 def _die_with_parent():
@@ -164,23 +229,61 @@ def _die_with_parent():
     return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _judge_limits(cfg: Config):
+    """Run in the judge's process before it starts: its own address-space limit, no core files, and it dies with its parent."""
+    mem = int(cfg.judge_memory_gb * (1 << 30))
+    die = _die_with_parent()
+
+    def apply():
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (mem, hard))  # the soft limit: the worker sets its own below the hard one
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if die is not None:
+            die()
+
+    return apply
+
+
 def run_child(cfg: Config, student: str, assignment: str) -> dict:
-    """Grade in a fresh judge process; a failure of the judge itself becomes a ``grader_error``."""
+    """Grade in a fresh judge process under its own memory and time limits.
+
+    The judge stops itself at the wall limit; if it is still running ``JUDGE_GRACE_S`` later it is
+    killed (``timeout``). Running out of its memory is the submission's doing (``crashed``); any
+    other failure of the judge is the grader's (``grader_error``).
+    """
     with tempfile.TemporaryDirectory(prefix="ioi-judge-") as tmp:
         out = Path(tmp) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                    PLOTLY_RENDERER="json", TQDM_DISABLE="1")
         cmd = [sys.executable, "-m", "grader.autograde", _config_json(cfg), student, assignment, str(out)]
+        base = {"student": student, "assignment": assignment, "score": 0.0, "tests": {}}
         try:
-            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + 300,
-                               preexec_fn=_die_with_parent())
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + JUDGE_GRACE_S,
+                               preexec_fn=_judge_limits(cfg))
             if r.returncode == 0 and out.exists():
                 return json.loads(out.read_text())
-            why = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
+            err = r.stderr or r.stdout
+            if "MemoryError" in err or "std::bad_alloc" in err or "Cannot allocate memory" in err:
+                return {**base, "status": "crashed",
+                        "reason": f"checking this submission's answers took more than the grader's {cfg.judge_memory_gb:g} GB of memory"}
+            why = err.strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
             reason = f"the grader failed on this submission ({why[0][:300]}); it is not the student's fault: re-run autograde"
         except subprocess.TimeoutExpired:
-            reason = "the grader itself did not finish; re-run autograde"
-    return {"student": student, "assignment": assignment, "status": "grader_error", "reason": reason, "score": 0.0, "tests": {}}
+            return {**base, "status": "timeout", "reason": "the notebook ran past its time limit (while its tests were checked)"}
+    return {**base, "status": "grader_error", "reason": reason}
+
+
+def missing_result(cfg: Config, student: str, assignment: str) -> dict:
+    """The result for a student with no submission folder: recorded without starting a judge or a worker."""
+    source = source_for(cfg, assignment)
+    return {"student": student, "assignment": assignment, "status": "missing", "reason": "no submission folder", "score": 0.0,
+            "max_score": sum(c.points for c in source.tests), "manual_max": sum(c.points for c in source.manual),
+            "submission_sha256": submission_digest(cfg.submitted / student / assignment), "source_sha256": source.digest,
+            "config": cfg.fingerprint(), "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tests": {c.grade_id: {"points": c.points, "score": 0.0, "state": "not graded", "message": "not graded"} for c in source.tests},
+            "answers": {}, "cell_errors": [], "notebook": None}
 
 
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
@@ -209,6 +312,7 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
 
         for a in assignments:
             ensure_assignment(cfg, a)
+    course_secret(cfg)  # made once, before the judges start
     bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
     if cluster:
         from .cluster import ClusterPool
@@ -217,7 +321,14 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
     else:
         executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_jobs))
     with executor as pool:
-        futures = {pool.submit(run_child, cfg, s, a): (s, a) for s, a in todo}
+        futures = {}
+        for s, a in todo:
+            if (cfg.submitted / s / a).is_dir():
+                futures[pool.submit(run_child, cfg, s, a)] = (s, a)
+            else:  # nothing submitted: recorded here, no worker started
+                done: concurrent.futures.Future = concurrent.futures.Future()
+                done.set_result(missing_result(cfg, s, a))
+                futures[done] = (s, a)
         for fut in as_completed(futures):
             s, a = futures[fut]
             res = fut.result()

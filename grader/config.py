@@ -17,6 +17,8 @@ class Config:
     model: str = "embedded"
     wall_time_s: float = 600.0
     memory_gb: float = 6.0
+    judge_memory_gb: float = 8.0
+    disk_mb: int = 1024
     processes: int = 64
     jobs: int = 0
     sandbox: str = "bwrap"

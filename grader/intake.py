@@ -91,6 +91,18 @@ class Source:
     def grade_ids(self) -> set[str]:
         return {c.grade_id for c in self.cells if c.grade_id}
 
+    def heading(self, name: str) -> str:
+        """The exercise heading a student sees above the cell ``name`` (a grade id or a cell id), else ``name``."""
+        idx = next((c.index for c in self.cells if name in (c.grade_id, c.cell_id)), None)
+        if idx is None:
+            return name
+        for c in reversed(self.cells[:idx]):
+            if c.kind in ("markdown", "manual"):
+                heads = [ln.lstrip("#").strip() for ln in c.source.splitlines() if re.match(r"^#{1,6}\s", ln)]
+                if heads:
+                    return heads[-1]
+        return name
+
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -139,8 +151,16 @@ def read_notebook(path: Path):
     except Exception as e:  # noqa: BLE001 - nbformat raises many kinds
         raise IntakeError("invalid_notebook", f"{path.name} could not be read as a notebook ({type(e).__name__}: {e})") from e
     for c in nb.cells:
-        if not isinstance(c.get("source", ""), str):
-            c.source = "".join(c.source)
+        src = c.get("source", "")
+        if not isinstance(src, str):
+            c.source = "".join(x for x in src if isinstance(x, str)) if isinstance(src, list) else ""
+        if not isinstance(c.get("metadata"), dict):
+            c.metadata = nbformat.NotebookNode()
+        meta = c.metadata.get("nbgrader")
+        if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("grade_id", ""), str)):
+            del c.metadata["nbgrader"]  # metadata of the wrong shape counts as none (like a stripped cell)
+        if not isinstance(c.get("id", ""), str):
+            c.id = ""
     return nb
 
 
@@ -150,12 +170,59 @@ def _overlap(nb, source: Source) -> int:
     return len(ids & source.grade_ids) + len(cell_ids & {c.cell_id for c in source.cells})
 
 
+MAX_DEPTH = 32
+MAX_FILES = 10_000
+
+
+def list_files(folder: Path) -> tuple[list[tuple[str, Path]], list[bytes]]:
+    """Regular files under ``folder``: ``([(relative name, path)], [relative names that are not UTF-8])``.
+
+    Names stay bytes until they decode as UTF-8; symbolic links are not followed; the walk is
+    iterative and stops at ``MAX_DEPTH`` levels and ``MAX_FILES`` files, so no tree a student
+    sends can exhaust the grader.
+    """
+    import os
+    import stat
+
+    good: list[tuple[str, Path]] = []
+    bad: list[bytes] = []
+    stack: list[tuple[bytes, int]] = [(b"", 0)]
+    root = os.fsencode(folder)
+    while stack and len(good) + len(bad) < MAX_FILES:
+        rel, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(root, rel) if rel else root), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            name = os.path.join(rel, e.name) if rel else e.name
+            try:
+                mode = e.stat(follow_symlinks=False).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                if depth + 1 < MAX_DEPTH:
+                    stack.append((name, depth + 1))
+            elif stat.S_ISREG(mode):
+                try:
+                    text = name.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad.append(name)
+                    continue
+                good.append((text, folder / text))
+    return sorted(good), sorted(bad)
+
+
 def find_notebook(folder: Path, source: Source):
     """The submitted notebook for ``source`` in ``folder``: by name, else the best match by content."""
     if not folder.is_dir():
         raise IntakeError("missing", "no submission folder")
-    candidates = sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    files, undecodable = list_files(folder)
+    candidates = [p for rel, p in files if rel.endswith(".ipynb") and ".ipynb_checkpoints" not in Path(rel).parts]
     if not candidates:
+        if any(n.endswith(b".ipynb") for n in undecodable):
+            shown = undecodable[0].decode("utf-8", "backslashreplace")
+            raise IntakeError("invalid_notebook", f"the notebook's file name is not valid UTF-8 ({shown}); rename it and resubmit")
         raise IntakeError("missing", "the submission folder has no notebook")
     expected = source.path.name
     parsed, problems = [], []

@@ -20,6 +20,7 @@ time or dies, the tests already judged keep their points and the rest are marked
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib
 import io
@@ -28,6 +29,7 @@ import pickle
 import signal
 import socket
 import struct
+import threading
 import time
 import traceback
 import warnings
@@ -40,18 +42,35 @@ from .sandbox import kill, start_worker
 _SCALARS = (type(None), bool, int, float, str, complex, bytes)
 
 
-class WorkerGone(Exception):
+# bounds on what may arrive from the student's process (the worker applies the same ones first)
+MAX_DEPTH = 16
+MAX_ITEMS = 200_000
+MAX_TENSOR_BYTES = 256 << 20
+MAX_REPLY_BYTES = 512 << 20
+MAX_TEXT = 20_000
+
+
+class WorkerGone(BaseException):
+    """Grading of this submission stops (the worker died, hung, or the wall time is spent).
+
+    A ``BaseException``, so that no ``except Exception`` in a test or a locked cell swallows it.
+    """
+
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
+class NotPlainData(TypeError):
+    """A value from the student's process that is not plain data: an error in the student's answer."""
+
+
 class RemoteError(Exception):
-    """The student's code raised while the judge asked it something."""
+    """The student's code raised while the judge asked it something (``info`` is a checked error record)."""
 
     def __init__(self, info: dict):
-        super().__init__(f"{info.get('ename')}: {info.get('evalue')}")
-        self.ename, self.evalue, self.tb = info.get("ename", "Error"), info.get("evalue", ""), info.get("traceback", "")
+        super().__init__(f"{info['ename']}: {info['evalue']}")
+        self.ename, self.evalue, self.tb = info["ename"], info["evalue"], info["traceback"]
 
 
 class GraderError(Exception):
@@ -59,7 +78,7 @@ class GraderError(Exception):
 
 
 class Handle:
-    """An object that stays in the worker; every use is a question to it."""
+    """A function of the student's that stays in the worker: calling it runs it there and returns plain data."""
 
     __slots__ = ("_conn", "_id", "_type")
 
@@ -72,24 +91,13 @@ class Handle:
         return self._conn.value("call", target=self, args=args, kwargs=kwargs)
 
     def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._conn.value("getattr", target=self, name=name)
+        raise AttributeError(f"a function from the notebook has no attribute {name!r} here")
 
-    def __getitem__(self, key):
-        return self._conn.value("getitem", target=self, key=key)
-
-    def __len__(self):
-        return self._conn.value("len", target=self)
-
-    def __iter__(self):
-        return iter(self._conn.value("list", target=self))
-
-    def __bool__(self):
-        return self._conn.value("bool", target=self)
+    def __setattr__(self, name, value):
+        raise AttributeError("a function from the notebook cannot be changed")
 
     def __repr__(self):
-        return self._conn.value("repr", target=self)
+        return "<function from the notebook>"
 
 
 class Conn:
@@ -134,17 +142,18 @@ class Conn:
         self._io(lambda: self.sock.sendall(struct.pack("!Q", len(data)) + data))
 
     def recv(self) -> dict:
+        """One reply, checked: a dict whose known fields have the right types (else ``crashed``)."""
         import torch
 
         (n,) = struct.unpack("!Q", self._read(8))
+        if n > MAX_REPLY_BYTES:
+            raise WorkerGone("crashed", f"the student's process sent a reply of {n} bytes, more than the grader accepts")
         raw = self._read(n)
         try:
             reply = torch.load(io.BytesIO(raw), weights_only=True)
-        except Exception as e:  # noqa: BLE001 - anything the worker sent that is not plain data
+        except (Exception, RecursionError) as e:  # noqa: BLE001 - anything the worker sent that is not plain data
             raise WorkerGone("crashed", f"the student's process sent back something that is not plain data ({type(e).__name__})") from e
-        if not isinstance(reply, dict):
-            raise WorkerGone("crashed", "the student's process answered out of turn")
-        return reply
+        return check_reply(reply)
 
     def ask(self, op: str, **args) -> dict:
         self.send(op, **args)
@@ -157,29 +166,92 @@ class Conn:
         return self.imp(self.ask(op, **args).get("value"))
 
     def imp(self, v):
-        """Turn a reply into judge-side objects (handles, shared objects, rebuilt project objects)."""
-        if isinstance(v, dict):
-            keys = set(v)
-            if keys == {"__ioi_handle__", "type", "callable"}:
-                return Handle(self, v["__ioi_handle__"], str(v["type"]))
-            if keys == {"__ioi_shared__"}:
-                return self.shared[v["__ioi_shared__"]]
-            if keys == {"__ioi_set__"}:
-                return set(self.imp(x) for x in v["__ioi_set__"])
-            if keys == {"__ioi_object__", "state"}:
-                mod, _, qual = str(v["__ioi_object__"]).partition(":")
-                if mod.split(".")[0] != "ioi_anomalies" or "." in qual:
-                    raise TypeError(f"unexpected object type {v['__ioi_object__']!r}")
-                cls = getattr(importlib.import_module(mod), qual)
-                obj = cls.__new__(cls)
-                obj.__dict__.update(self.imp(v["state"]))
-                return obj
-            return {self.imp(k): self.imp(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [self.imp(x) for x in v]
-        if isinstance(v, tuple):
-            return tuple(self.imp(x) for x in v)
-        return v
+        """Turn a reply's value into judge-side objects, accepting plain data only (else :class:`NotPlainData`).
+
+        Tensors are made dense, contiguous and owned here, with their size checked before and after;
+        containers are bounded in depth and size; objects of the project's classes are rebuilt from
+        checked state; a function handle can only be called.
+        """
+        return self._imp(v, 0, [MAX_ITEMS, MAX_REPLY_BYTES])
+
+    def _imp(self, v, depth: int, budget: list):
+        import torch
+
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise NotPlainData(f"the answer has more than {MAX_ITEMS} items")
+        t = type(v)
+        if t in _SCALARS or t in (torch.device, torch.dtype):
+            return v
+        if depth >= MAX_DEPTH:
+            raise NotPlainData(f"the answer is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(v, torch.Tensor):
+            if v.layout != torch.strided or v.is_quantized or v.is_nested:
+                raise NotPlainData("the answer holds a tensor that is not an ordinary dense tensor")
+            nbytes = v.numel() * v.element_size()
+            budget[1] -= nbytes
+            if nbytes > MAX_TENSOR_BYTES or budget[1] < 0:  # refused before anything is materialised
+                raise NotPlainData(f"the answer holds a tensor of shape {tuple(v.shape)}, larger than the grader accepts")
+            out = v.detach().as_subclass(torch.Tensor).contiguous().clone()
+            if out.untyped_storage().nbytes() > MAX_TENSOR_BYTES:
+                raise NotPlainData("the answer holds a tensor larger than the grader accepts")
+            return out
+        if t is list:
+            return [self._imp(x, depth + 1, budget) for x in v]
+        if t is tuple:
+            return tuple(self._imp(x, depth + 1, budget) for x in v)
+        if t is not dict:
+            raise NotPlainData(f"the answer holds a {t.__name__}, which is not plain data")
+        keys = set(v)
+        if keys == {"__ioi_handle__", "type", "callable"}:
+            if type(v["__ioi_handle__"]) is not int:
+                raise NotPlainData("malformed function reference")
+            return Handle(self, v["__ioi_handle__"], str(v["type"])[:100])
+        if keys == {"__ioi_shared__"}:
+            name = v["__ioi_shared__"]
+            if type(name) is not str or name not in self.shared:
+                raise NotPlainData("the answer refers to an object the grader does not know")
+            return self.shared[name]
+        if keys == {"__ioi_set__"}:
+            items = v["__ioi_set__"]
+            if type(items) is not list:
+                raise NotPlainData("malformed set")
+            out = set()
+            for x in items:
+                out.add(self._key(self._imp(x, depth + 1, budget)))
+            return out
+        if keys == {"__ioi_object__", "state"}:
+            return self._object(v, depth, budget)
+        return {self._key(self._imp(k, depth + 1, budget)): self._imp(x, depth + 1, budget) for k, x in v.items()}
+
+    @staticmethod
+    def _key(k):
+        """Dict keys and set items: scalars and tuples of them only (their hashing and equality are the judge's own)."""
+        if type(k) in _SCALARS or (type(k) is tuple and all(type(x) in _SCALARS for x in k)):
+            return k
+        raise NotPlainData("the answer uses a dict key or set item that is not a number, a string or a tuple of them")
+
+    def _object(self, v, depth: int, budget: list):
+        import torch
+
+        name, state = v["__ioi_object__"], v["state"]
+        if type(name) is not str or type(state) is not dict:
+            raise NotPlainData("malformed project object")
+        mod, _, qual = name.partition(":")
+        if mod.split(".")[0] != "ioi_anomalies" or not qual.isidentifier():
+            raise NotPlainData(f"the answer holds an object of an unexpected type ({name[:100]})")
+        try:
+            cls = getattr(importlib.import_module(mod), qual)
+        except Exception as e:  # noqa: BLE001
+            raise NotPlainData(f"the answer holds an object of an unknown type ({name[:100]})") from e
+        if not isinstance(cls, type) or cls.__module__ != mod or issubclass(cls, (torch.nn.Module, BaseException)):
+            raise NotPlainData(f"the answer holds an object of an unexpected type ({name[:100]})")
+        fields = self._imp(state, depth + 1, budget)
+        if not all(type(k) is str and k.isidentifier() for k in fields):
+            raise NotPlainData("malformed project object")
+        obj = cls.__new__(cls)
+        obj.__dict__.update(fields)
+        return obj
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -232,25 +304,154 @@ class Conn:
         return gone
 
 
-def _failing_line(code: str, filename: str, tb) -> str | None:
-    """The visible test line an exception came from, or None if it came from hidden code."""
-    frames = [f for f in traceback.extract_tb(tb) if f.filename == filename]
-    if not frames:
-        return None
-    lineno = frames[-1].lineno or 0
-    hidden = set()
+_ERROR_FIELDS = ("ename", "evalue", "traceback")
+
+
+def _text(v, limit: int = MAX_TEXT) -> str:
+    if type(v) is not str:
+        raise TypeError
+    return v[:limit]
+
+
+def check_reply(reply) -> dict:
+    """A reply from the worker with every field the judge reads of the expected type, or ``crashed``."""
+    try:
+        if type(reply) is not dict or not all(type(k) is str for k in reply):
+            raise TypeError
+        out = dict(reply)
+        for k in ("ok", "missing"):
+            if k in out and type(out[k]) is not bool:
+                raise TypeError
+        for k in ("stdout", "stderr"):
+            if k in out:
+                out[k] = _text(out[k])
+        if "assigned" in out:
+            if type(out["assigned"]) is not list:
+                raise TypeError
+            out["assigned"] = [_text(x, 200) for x in out["assigned"][:10_000]]
+        err = out.get("error")
+        if err is not None:
+            if type(err) is not dict:
+                raise TypeError
+            out["error"] = {k: _text(err.get(k, ""), 6000 if k == "traceback" else 2000) for k in _ERROR_FIELDS}
+            out["error"]["ename"] = out["error"]["ename"][:100] or "Error"
+    except TypeError:
+        raise WorkerGone("crashed", "the student's process sent a malformed reply") from None
+    return out
+
+
+def hidden_lines(code: str) -> set[int]:
+    """Line numbers (1-based) of a test cell that belong to its hidden tests."""
+    out: set[int] = set()
     for m in HIDDEN.finditer(code):
-        start = code.count("\n", 0, m.start()) + 1
-        hidden.update(range(start, code.count("\n", 0, m.end()) + 2))
-    if lineno in hidden:
-        return None
+        out.update(range(code.count("\n", 0, m.start()) + 1, code.count("\n", 0, m.end()) + 2))
+    return out
+
+
+def failure_site(code: str, filename: str, tb) -> tuple[str | None, bool, bool]:
+    """Where a test failed: (the visible line, or None), whether it was in hidden code, whether the test's own line raised.
+
+    An exception with no frame in the test itself counts as hidden: nothing about it is shown.
+    """
+    frames = traceback.extract_tb(tb)
+    ours = [f for f in frames if f.filename == filename]
+    if not ours:
+        return None, True, False
+    lineno = ours[-1].lineno or 0
+    if lineno in hidden_lines(code):
+        return None, True, frames[-1].filename == filename
     lines = code.splitlines()
-    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+    line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+    return line, False, frames[-1].filename == filename
+
+
+def literal_message(code: str, filename: str, tb) -> bool:
+    """Whether the statement of the test that failed gives its message as a plain string literal.
+
+    The ``assert``'s message or the ``what`` of ``check_close``/``check_heads`` on the failing line;
+    an f-string or any other expression could carry hidden inputs or expected values.
+    """
+    import ast
+
+    ours = [f for f in traceback.extract_tb(tb) if f.filename == filename]
+    if not ours:
+        return False
+    lineno = ours[-1].lineno or 0
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) is None or not node.lineno <= lineno <= (node.end_lineno or node.lineno):
+            continue
+        if isinstance(node, ast.Assert):
+            return isinstance(node.msg, ast.Constant) and isinstance(node.msg.value, str)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("check_close", "check_heads"):
+            what = node.args[2] if len(node.args) > 2 else next((k.value for k in node.keywords if k.arg == "what"), None)
+            return isinstance(what, ast.Constant) and isinstance(what.value, str)
+    return False
+
+
+_BUILTIN_ERRORS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type) and issubclass(getattr(builtins, n), BaseException)}
+_NOT_PLAIN_HINT = "return tensors, numbers, strings, or lists, tuples, dicts or sets of them"
+
+
+def failure_message(e: BaseException, line: str | None, hidden: bool, raised_here: bool,
+                    literal: bool = True) -> tuple[str, str | None]:
+    """The message (and the student's traceback, visible tests only) for a failed test.
+
+    A failure inside hidden test code shows only the property that failed: the ``what`` of a
+    ``CheckFailed``, or the message of the test's own ``assert``; never inputs, expected values or
+    the text of an exception the student's code raised.
+    """
+    if isinstance(e, RemoteError):
+        if e.ename == "NotPlainData":
+            if hidden:
+                return f"during a hidden test your code returned something that is not plain data ({_NOT_PLAIN_HINT})", None
+            return f"your code returned something that is not plain data: {e.evalue}", None
+        if hidden:
+            kind = e.ename if e.ename in _BUILTIN_ERRORS else "an exception"
+            return f"your code raised {kind} during a hidden test", None
+        return f"your code raised {e.ename}: {e.evalue}".strip(), e.tb
+    if isinstance(e, NotPlainData):
+        if hidden:
+            return f"during a hidden test your code returned something that is not plain data ({_NOT_PLAIN_HINT})", None
+        return f"your code returned something that is not plain data: {e}", None
+    if hidden:  # ``literal``: the property is written as a plain string in the test (no f-string values)
+        what = getattr(e, "what", None)
+        if literal and isinstance(e, AssertionError) and isinstance(what, str) and what.strip():
+            return f"hidden test failed: {what.strip()}", None
+        if literal and type(e) is AssertionError and raised_here and str(e).strip():
+            return f"hidden test failed: {str(e).strip()}", None
+        return f"a hidden test failed ({type(e).__name__})", None
+    msg = str(e).strip()
+    if isinstance(e, AssertionError):
+        return msg or f"check failed: {line}", None
+    msg = f"{type(e).__name__}: {msg}" + (f" (in: {line})" if line else "")
+    if isinstance(e, NameError):
+        msg += " - is it defined in your notebook, and did its cell run without errors?"
+    return msg, None
+
+
+def _wall_clock(signum, frame):
+    raise WorkerGone("timeout", "the notebook ran past its time limit (while its tests were checked)")
+
+
+def _arm_wall_clock(deadline: float) -> None:
+    """The judge's own side keeps the wall limit too: a long check is interrupted at the deadline."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, _wall_clock)
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, deadline - time.monotonic()))
+
+
+def _disarm_wall_clock() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 class Judge:
-    def __init__(self, plan: Plan, cfg: Config, workdir: Path):
-        self.plan, self.cfg, self.workdir = plan, cfg, workdir
+    def __init__(self, plan: Plan, cfg: Config, workdir: Path, key: bytes = b""):
+        self.plan, self.cfg, self.workdir, self.key = plan, cfg, workdir, key
         self.ns: dict = {"__name__": "__main__"}
         self.fetched: set[str] = set()
 
@@ -296,7 +497,10 @@ class Judge:
     def run(self) -> dict:
         import torch
 
+        from . import hidden
+
         torch.manual_seed(0)
+        hidden.use_submission(self.key)
         cfg, plan = self.cfg, self.plan
         log = self.workdir.parent / (self.workdir.name + ".log")
         started = time.monotonic()
@@ -307,6 +511,7 @@ class Judge:
         proc, sock = start_worker(self.workdir, cfg, log)
         conn = Conn(proc, sock, deadline, log)
         needed = self.needed_trusted()
+        _arm_wall_clock(deadline)
         try:
             for i, step in enumerate(plan.steps):
                 if step.kind == "trusted":
@@ -326,6 +531,9 @@ class Judge:
                         except RemoteError as e:  # the student's code failed inside a locked cell
                             if reply.get("ok"):
                                 cell_errors.append({"cell": step.name, "ename": e.ename, "evalue": e.evalue, "traceback": e.tb})
+                        except NotPlainData as e:  # the locked cell reads an answer that is not plain data
+                            if reply.get("ok"):
+                                cell_errors.append({"cell": step.name, "ename": "NotPlainData", "evalue": str(e), "traceback": ""})
                         except GraderError as e:  # a locked cell fed with the student's answers: their answers' fault
                             if reply.get("ok"):
                                 cell_errors.append({"cell": step.name, "ename": "Error", "evalue": str(e), "traceback": ""})
@@ -337,6 +545,7 @@ class Judge:
                 else:
                     tests[step.name] = self.run_test(conn, step)
         except (WorkerGone, GraderError) as e:
+            _disarm_wall_clock()
             status = e.status if isinstance(e, WorkerGone) else "grader_error"
             e.reason = getattr(e, "reason", str(e))
             reason = [e.reason]
@@ -346,6 +555,7 @@ class Judge:
                     tests[step.name] = {"points": step.points, "score": 0.0, "state": "not graded",
                                         "message": f"not graded: {e.reason}"}
         finally:
+            _disarm_wall_clock()
             with contextlib.suppress(Exception):
                 if proc.poll() is None and time.monotonic() < deadline:
                     conn.send("bye")
@@ -367,31 +577,32 @@ class Judge:
         }
 
     def run_test(self, conn: Conn, step) -> dict:
-        base = {"points": step.points, "score": 0.0}
+        base = {"points": step.points, "score": 0.0, "hidden_part": bool(HIDDEN.search(step.code))}
         if step.deleted:
             return {**base, "state": "failed", "message": "this test cell was deleted or its metadata removed; it counts as failed"}
         filename = f"<test {step.name}>"
         try:
             self._bind_student_names(conn, step.code)
+        except (RemoteError, NotPlainData) as e:  # a name the test reads is not plain data, or could not be read
+            why = "is not plain data" if isinstance(e, NotPlainData) or getattr(e, "ename", "") == "NotPlainData" else "could not be read"
+            return {**base, "state": "failed", "failed_in": "visible",
+                    "message": f"a value this test reads from your notebook {why} ({_NOT_PLAIN_HINT}; functions are fine)"}
+        try:
             self._exec_here(step.code, filename)
         except WorkerGone:
             raise
-        except RemoteError as e:
-            return {**base, "state": "failed", "message": f"your code raised {e.ename}: {e.evalue}".strip(), "traceback": e.tb}
         except Exception as e:  # noqa: BLE001 - any failure of the test is a failed test
-            msg = str(e).strip()
-            line = _failing_line(step.code, filename, e.__traceback__)
-            if isinstance(e, AssertionError):
-                msg = msg or (f"check failed: {line}" if line else "a hidden check failed")
-            else:
-                msg = f"{type(e).__name__}: {msg}" + (f" (in: {line})" if line else "")
-                if isinstance(e, NameError):
-                    msg += " - is it defined in your notebook, and did its cell run without errors?"
-            return {**base, "state": "failed", "message": msg}
+            line, hidden, here = failure_site(step.code, filename, e.__traceback__)
+            msg, tb = failure_message(e, line, hidden, here, literal_message(step.code, filename, e.__traceback__))
+            out = {**base, "state": "failed", "failed_in": "hidden" if hidden else "visible", "message": msg}
+            if tb:
+                out["traceback"] = tb
+            return out
         return {**base, "score": step.points, "state": "passed", "message": "passed"}
 
 
-def judge_submission(plan: Plan, cfg: Config, workdir: Path) -> dict:
+def judge_submission(plan: Plan, cfg: Config, workdir: Path, key: bytes = b"") -> dict:
+    """Grade one planned submission; ``key`` seeds its hidden tests (``grader.hidden.use_submission``)."""
     os.environ.setdefault("PLOTLY_RENDERER", "json")
     os.environ["IOI_ANOMALIES_MODEL"] = cfg.model
-    return Judge(plan, cfg, workdir).run()
+    return Judge(plan, cfg, workdir, key).run()

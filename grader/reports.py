@@ -15,6 +15,11 @@ from .gradebook import manual_grades, set_manual
 BASE_COLUMNS = ["student", "assignment", "status", "score", "max_score", "auto_score", "manual_score", "manual_pending"]
 
 
+def _num(x) -> float:
+    """Every score in one form: a float rounded to 4 places (written as ``1.0``, ``4.5``, ``0.0``)."""
+    return round(float(x), 4)
+
+
 def _missing(student: str, assignment: str, cfg: Config) -> dict:
     src = source_for(cfg, assignment)
     return {"student": student, "assignment": assignment, "status": "missing", "reason": "no submission",
@@ -43,15 +48,15 @@ def collect(cfg: Config, assignments: list[str] | None = None) -> list[dict]:
             manual_total = sum(v for v in man_scores.values() if v is not None)
             row = {
                 "student": s, "assignment": a, "status": r["status"],
-                "score": round(auto + manual_total, 4),
-                "max_score": float(r.get("max_score", 0)) + float(r.get("manual_max", sum(c.points for c in src.manual))),
-                "auto_score": round(auto, 4), "manual_score": round(manual_total, 4), "manual_pending": pending,
+                "score": _num(auto + manual_total),
+                "max_score": _num(float(r.get("max_score", 0)) + float(r.get("manual_max", sum(c.points for c in src.manual)))),
+                "auto_score": _num(auto), "manual_score": _num(manual_total), "manual_pending": int(pending),
                 "reason": r.get("reason", ""),
             }
             for c in src.tests:
-                row[c.grade_id] = r.get("tests", {}).get(c.grade_id, {}).get("score", 0.0)
+                row[c.grade_id] = _num(r.get("tests", {}).get(c.grade_id, {}).get("score", 0.0))
             for c in src.manual:
-                row[c.grade_id] = "" if man_scores[c.grade_id] is None else man_scores[c.grade_id]
+                row[c.grade_id] = "" if man_scores[c.grade_id] is None else _num(man_scores[c.grade_id])
             rows.append(row)
     return rows
 
@@ -104,6 +109,19 @@ pre{background:#f6f8fa;padding:.6rem;overflow-x:auto}.pass{color:#116329}.fail{c
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"""
 
 
+def _test_labels(src) -> dict[str, str]:
+    """Each test named by the exercise heading above it (numbered when one exercise has several)."""
+    heads = {c.grade_id: src.heading(c.grade_id) for c in src.tests}
+    seen: dict[str, int] = {}
+    out = {}
+    for c in src.tests:
+        h = heads[c.grade_id]
+        total = sum(1 for v in heads.values() if v == h)
+        seen[h] = seen.get(h, 0) + 1
+        out[c.grade_id] = f"{h} (test {seen[h]} of {total})" if total > 1 else h
+    return out
+
+
 def feedback_html(cfg: Config, row: dict, result: dict | None) -> str:
     a, s = row["assignment"], row["student"]
     src = source_for(cfg, a)
@@ -115,19 +133,27 @@ def feedback_html(cfg: Config, row: dict, result: dict | None) -> str:
     if row.get("reason"):
         parts.append(f"<p>Notes: {e(row['reason'])}</p>")
     tests = (result or {}).get("tests", {})
-    parts.append("<h2>Tests</h2><table><tr><th>test</th><th>points</th><th>result</th></tr>")
+    parts.append("<h2>Tests</h2><p>A <b>visible</b> test is in your notebook; a test marked <b>visible + hidden</b> "
+                 "also checks your code on inputs you do not see, and says only which property failed.</p>"
+                 "<table><tr><th>exercise</th><th>test</th><th>points</th><th>result</th></tr>")
+    labels = _test_labels(src)
     for c in src.tests:
         t = tests.get(c.grade_id, {"score": 0.0, "state": "not graded", "message": "not graded"})
         cls = "pass" if t.get("state") == "passed" else "fail"
-        parts.append(f"<tr><td>{e(c.grade_id)}</td><td>{t['score']:g} / {c.points:g}</td><td class='{cls}'>{e(t.get('message', ''))}</td></tr>")
+        kind = "visible + hidden" if "### BEGIN HIDDEN TESTS" in c.source else "visible"
+        where = " (failed in the hidden part)" if t.get("failed_in") == "hidden" else ""
+        parts.append(f"<tr><td>{e(labels[c.grade_id])}</td><td>{kind}</td><td>{t['score']:g} / {c.points:g}</td>"
+                     f"<td class='{cls}'>{e(t.get('message', ''))}{e(where)}</td></tr>")
     parts.append("</table>")
     for c in src.tests:  # the visible part of each test only: hidden tests never leave the grader
-        parts.append(f"<h3>{e(c.grade_id)}</h3><pre>{e(c.visible)}</pre>")
+        parts.append(f"<h3>{e(labels[c.grade_id])}</h3><pre>{e(c.visible)}</pre>")
     errs = (result or {}).get("cell_errors", [])
     if errs:
         parts.append("<h2>Errors in your notebook</h2>")
         for err in errs:
-            parts.append(f"<p>cell <code>{e(err.get('cell', ''))}</code>: {e(err.get('ename', ''))}: {e(err.get('evalue', ''))}</p>")
+            name = str(err.get("cell", ""))
+            where = name if name.startswith("extra cell") else f"the cell under \u201c{src.heading(name)}\u201d"
+            parts.append(f"<p>{e(where)}: {e(str(err.get('ename', '')))}: {e(str(err.get('evalue', '')))}</p>")
     if src.manual:
         manual = manual_grades(cfg)
         parts.append("<h2>Written answers</h2>")
@@ -140,10 +166,15 @@ def feedback_html(cfg: Config, row: dict, result: dict | None) -> str:
 
 
 def write_feedback(cfg: Config, assignments: list[str] | None = None) -> list[Path]:
+    """One page per student and assignment, readable by all (files 0644, folders 0755: a web server or an LMS upload may run as another user)."""
+    import os
+
     out = []
     for row in collect(cfg, assignments):
         path = cfg.feedback / row["student"] / row["assignment"] / "feedback.html"
-        write_atomic(path, feedback_html(cfg, row, load_result(cfg, row["assignment"], row["student"])))
+        write_atomic(path, feedback_html(cfg, row, load_result(cfg, row["assignment"], row["student"])), mode=0o644)
+        for d in (cfg.feedback, path.parent.parent, path.parent):
+            os.chmod(d, 0o755)
         out.append(path)
     return out
 

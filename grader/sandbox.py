@@ -3,10 +3,13 @@
 What is enforced on Linux (see the README's grader section):
 
 - files: the sandbox sees the system (``/usr``, ``/etc``, ...), the Python install and the
-  ``ioi_anomalies`` package read-only, the Hugging Face cache read-only when GPT-2 grades, and
-  one writable folder of its own (a fresh temporary copy of the submission). The repository,
-  solutions, hidden tests, the gradebook and other submissions are not there. Whatever it writes
-  is deleted after grading.
+  ``ioi_anomalies`` package read-only, the Hugging Face hub cache read-only at ``/opt/hf-hub``
+  when GPT-2 grades (from wherever ``HF_HUB_CACHE``/``HF_HOME``/the default puts it, passed as
+  ``HF_HUB_CACHE``), and the submission read-only. The
+  repository, solutions, hidden tests, the gradebook and other submissions are not there.
+- disk: everything it can write is memory that vanishes with it: its home (a copy of the
+  submission) and its private ``/tmp`` (``TMPDIR``) share one tmpfs of ``disk_mb``; ``/dev/shm``
+  is a tmpfs of 64 MiB. Nothing lands on the host's disk.
 - network: none (a new, empty network namespace); also new PID, IPC and UTS namespaces, and the
   process dies with the grader.
 - memory: ``RLIMIT_AS`` (address space) of ``memory_gb``; an allocation beyond it fails in that
@@ -30,7 +33,10 @@ from pathlib import Path
 from .config import ROOT, Config
 
 NOBODY = 65534
-FILE_LIMIT = 1 << 30  # no file, and no /tmp, grows past 1 GiB
+FILE_LIMIT = 1 << 30  # no file grows past 1 GiB
+SHM_LIMIT = 64 << 20  # /dev/shm, apart from disk_mb
+SUBMISSION = Path("/submission")  # the submission, read-only; the worker copies it into its home
+HF_HUB = Path("/opt/hf-hub")  # the Hugging Face hub cache, read-only, wherever it is on the host
 
 
 class SandboxUnavailable(RuntimeError):
@@ -51,23 +57,31 @@ def _limits(cfg: Config):
     return apply
 
 
+def hf_hub_cache(environ: dict | None = None) -> Path:
+    """Where the Hugging Face hub cache is, as ``huggingface_hub`` finds it: HF_HUB_CACHE, else HF_HOME/hub,
+    else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub."""
+    env = os.environ if environ is None else environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return xdg / "huggingface" / "hub"
+
+
 def _ro_paths(cfg: Config) -> list[Path]:
     import ioi_anomalies
 
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent,
              Path(ioi_anomalies.__file__).resolve().parent}
-    if cfg.model != "embedded":
-        hf = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-        if hf.exists():
-            paths.add(hf)
     return sorted(paths)
 
 
-def worker_env(cfg: Config, home: Path) -> dict:
+def worker_env(cfg: Config, home: Path, tmp: str = "/tmp") -> dict:
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(home),
-        "TMPDIR": "/tmp",
+        "TMPDIR": tmp,
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "HF_HUB_OFFLINE": "1",
@@ -81,8 +95,9 @@ def worker_env(cfg: Config, home: Path) -> dict:
         "TQDM_DISABLE": "1",
         "LANG": "C.UTF-8",
     }
-    if cfg.model != "embedded" and "HF_HOME" in os.environ:
-        env["HF_HOME"] = os.environ["HF_HOME"]
+    if cfg.model != "embedded":  # the hub cache, read-only, wherever the instructor's environment puts it
+        env["HF_HOME"] = str(home / ".cache" / "huggingface")
+        env["HF_HUB_CACHE"] = str(HF_HUB) if cfg.sandbox != "none" else str(hf_hub_cache())
     env.update(cfg.extra_env)
     return env
 
@@ -90,6 +105,10 @@ def worker_env(cfg: Config, home: Path) -> dict:
 def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Popen, socket.socket]:
     """Run ``grader/worker.py`` on a copy of itself in ``workdir``; returns the process and our socket end.
 
+    In the sandbox, everything writable is memory of bounded size that vanishes with it: the home
+    (``/home/student``, a tmpfs of ``disk_mb`` holding a copy of the submission, which is mounted
+    read-only at ``/submission``), ``/tmp`` (inside the same tmpfs, mode 1777, ``TMPDIR``) and
+    ``/dev/shm``. Nothing the notebook writes lands on the host.
     What the process prints outside Python (C libraries, a crash) goes to ``log``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -100,20 +119,19 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
     python = sys.executable
     if cfg.sandbox == "none":
         cmd = [python, str(script), str(fd)]
-        env = worker_env(cfg, workdir)
+        env = worker_env(cfg, workdir, os.environ.get("TMPDIR", "/tmp"))
     else:
         bwrap = shutil.which("bwrap")
         if not bwrap:
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, or set sandbox = \"none\" "
                                      "in grader/grader_config.toml to grade trusted notebooks without a sandbox")
         home = Path("/home/student")
+        tmp = home / ".tmp"
         as_root = os.getuid() == 0
-        if as_root:
-            os.chown(workdir, NOBODY, NOBODY)
-            for p in workdir.rglob("*"):
-                os.chown(p, NOBODY, NOBODY)
+        disk = str(int(cfg.disk_mb) << 20)
         cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-               "--unshare-cgroup-try", "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev", "--size", str(FILE_LIMIT), "--tmpfs", "/tmp"]
+               "--unshare-cgroup-try", "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
+               "--perms", "1777", "--size", str(SHM_LIMIT), "--tmpfs", "/dev/shm"]
         if not as_root:
             cmd += ["--unshare-user"]
         for sys_dir in ("/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin"):
@@ -131,11 +149,16 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
 
         for p in _ro_paths(cfg):
             cmd += parents(p) + ["--ro-bind", str(p), str(p)]
-        cmd += parents(home) + ["--bind", str(workdir), str(home), "--chdir", str(home), "--clearenv"]
-        env = worker_env(cfg, home)
+        cmd += ["--ro-bind", str(workdir), str(SUBMISSION)]
+        if cfg.model != "embedded" and hf_hub_cache().is_dir():
+            cmd += parents(HF_HUB) + ["--ro-bind", str(hf_hub_cache().resolve()), str(HF_HUB)]
+        cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home),
+                                "--perms", "1777", "--dir", str(tmp), "--symlink", str(tmp), "/tmp",
+                                "--chdir", str(home), "--clearenv"]
+        env = worker_env(cfg, home, str(tmp))
         for k, v in env.items():
             cmd += ["--setenv", k, v]
-        inner = [python, str(home / script.name), str(fd)]
+        inner = [python, str(SUBMISSION / script.name), str(fd), str(SUBMISSION)]
         if as_root:
             inner = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", "--"] + inner
         cmd += ["--"] + inner

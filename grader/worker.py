@@ -18,6 +18,7 @@ checks run elsewhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import pickle
@@ -25,10 +26,21 @@ import socket
 import struct
 import sys
 import traceback
+import types
 
 OUTPUT_LIMIT = 20_000
 SAFE_SCALARS = (type(None), bool, int, float, str, complex)
 RECIPES = {"random_model"}
+# what may be sent back (the judge enforces the same bounds on what arrives)
+MAX_DEPTH = 16
+MAX_ITEMS = 200_000
+MAX_TENSOR_BYTES = 256 << 20
+MAX_REPLY_BYTES = 512 << 20
+FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)
+
+
+class NotPlainData(TypeError):
+    """A value that cannot leave the student's process: it is not plain data."""
 
 
 class _Capped(io.StringIO):
@@ -49,6 +61,7 @@ class Worker:
         self.shared: dict[str, object] = {}  # name -> object made by a trusted cell, as the judge has it
         self.shared_ids: dict[int, str] = {}
         self.recipes: dict[tuple, object] = {}
+        self._shell = None
 
     # ---- transport
     def recv(self):
@@ -71,17 +84,29 @@ class Worker:
         data = b.getvalue()
         self.sock.sendall(struct.pack("!Q", len(data)) + data)
 
-    # ---- values going out
-    def export(self, obj, depth: int = 0):
+    # ---- values going out: plain data only (the judge checks again; this side only says why early)
+    def export(self, obj, depth: int = 0, budget: list | None = None):
         torch = self.torch
+        budget = budget if budget is not None else [MAX_ITEMS, MAX_REPLY_BYTES]
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise NotPlainData(f"the answer has more than {MAX_ITEMS} items")
+        if type(obj) in SAFE_SCALARS:  # never a shared reference: the judge shares no plain values
+            return obj
         if id(obj) in self.shared_ids and self.shared.get(self.shared_ids[id(obj)]) is obj:
             return {"__ioi_shared__": self.shared_ids[id(obj)]}
-        if type(obj) in SAFE_SCALARS:
-            return obj
-        if depth > 12:
-            return self._handle(obj)
+        if depth > MAX_DEPTH:
+            raise NotPlainData(f"the answer is nested more than {MAX_DEPTH} levels deep")
         if isinstance(obj, torch.Tensor):
-            return obj.detach().to("cpu").as_subclass(torch.Tensor).clone()
+            if obj.layout != torch.strided or obj.is_quantized:
+                raise NotPlainData(f"a {obj.layout} tensor (return an ordinary dense tensor)")
+            nbytes = obj.numel() * obj.element_size()
+            budget[1] -= nbytes
+            if nbytes > MAX_TENSOR_BYTES or budget[1] < 0:  # before materialising an expanded view
+                raise NotPlainData(f"a tensor of shape {tuple(obj.shape)} ({nbytes / 2**20:.0f} MiB) is larger than the grader accepts")
+            return obj.detach().to("cpu").as_subclass(torch.Tensor).contiguous().clone()
+        if isinstance(obj, (torch.device, torch.dtype)):
+            return obj
         if isinstance(obj, (bool, int, float, str)):  # subclasses: keep the plain value
             return (bool if isinstance(obj, bool) else int if isinstance(obj, int) else float if isinstance(obj, float) else str)(obj)
         mod = type(obj).__module__ or ""
@@ -89,23 +114,25 @@ class Worker:
             import numpy as np
 
             if isinstance(obj, np.ndarray) and obj.dtype != object:
-                return torch.from_numpy(np.array(obj))
+                return self.export(torch.from_numpy(np.ascontiguousarray(obj)), depth, budget)
             if isinstance(obj, np.generic):
-                return obj.item()
+                return self.export(obj.item(), depth, budget)
         if isinstance(obj, (list, tuple)):
-            out = [self.export(x, depth + 1) for x in obj]
+            out = [self.export(x, depth + 1, budget) for x in obj]
             return tuple(out) if isinstance(obj, tuple) else out
         if isinstance(obj, dict):
-            return {self.export(k, depth + 1): self.export(v, depth + 1) for k, v in obj.items()}
+            return {self.export(k, depth + 1, budget): self.export(v, depth + 1, budget) for k, v in obj.items()}
         if isinstance(obj, (set, frozenset)):
-            return {"__ioi_set__": [self.export(x, depth + 1) for x in obj]}
-        if mod.split(".")[0] == "ioi_anomalies" and hasattr(obj, "__dict__") and not callable(obj):
-            return {"__ioi_object__": f"{mod}:{type(obj).__qualname__}", "state": self.export(dict(vars(obj)), depth + 1)}
-        return self._handle(obj)
+            return {"__ioi_set__": [self.export(x, depth + 1, budget) for x in obj]}
+        if mod.split(".")[0] == "ioi_anomalies" and isinstance(getattr(obj, "__dict__", None), dict) and not callable(obj):
+            return {"__ioi_object__": f"{mod}:{type(obj).__qualname__}", "state": self.export(dict(vars(obj)), depth + 1, budget)}
+        if isinstance(obj, FUNCTIONS):  # a function stays here; the judge may call it
+            return self._handle(obj)
+        raise NotPlainData(f"a {type(obj).__name__} object (return tensors, numbers, strings, or lists, tuples, dicts or sets of them)")
 
     def _handle(self, obj):
         self.handles[id(obj)] = obj
-        return {"__ioi_handle__": id(obj), "type": type(obj).__name__, "callable": callable(obj)}
+        return {"__ioi_handle__": id(obj), "type": type(obj).__name__, "callable": True}
 
     # ---- requests
     def run(self) -> None:
@@ -114,6 +141,9 @@ class Worker:
                 req = self.recv()
             except EOFError:
                 return
+            except Exception as e:  # noqa: BLE001 - e.g. a name the judge shares that this side never defined
+                self.send({"error": _describe(e)})
+                continue
             if req.get("op") == "bye":
                 self.send({"ok": True})
                 return
@@ -126,22 +156,40 @@ class Worker:
             except Exception as e:  # an answer that cannot be written: say so, keep going
                 self.send({"error": {"ename": type(e).__name__, "evalue": f"the answer could not be sent back: {e}", "traceback": ""}})
 
+    def shell(self):
+        """An IPython shell on this namespace: cells run as in Jupyter (magics, ``!cmd``, top-level await)."""
+        if self._shell is None:
+            from IPython.core.interactiveshell import InteractiveShell
+            from traitlets.config import Config
+
+            c = Config()
+            c.HistoryManager.enabled = False
+            c.InteractiveShell.colors = "NoColor"
+            c.InteractiveShell.xmode = "Plain"
+            self._shell = InteractiveShell.instance(config=c, user_ns=self.ns)
+        return self._shell
+
     def op_exec(self, code: str, name: str, share=()):
         before = {k: id(v) for k, v in self.ns.items()}
         out, err = _Capped(), _Capped()
         error = None
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                exec(compile(code, f"<cell {name}>", "exec"), self.ns)
+                result = self.shell().run_cell(code, store_history=False, silent=False)
+                e = result.error_before_exec or result.error_in_exec
+                if e is not None:
+                    error = _describe(e)
             except BaseException as e:  # noqa: BLE001
                 error = _describe(e)
         for n in share:
             if n in self.ns:
                 self._share(n, self.ns[n])
-        assigned = [k for k, v in self.ns.items() if before.get(k) != id(v) and not k.startswith("__")]
+        assigned = [k for k, v in self.ns.items() if before.get(k) != id(v) and not k.startswith("_")]
         return {"ok": error is None, "error": error, "stdout": out.getvalue(), "stderr": err.getvalue(), "assigned": assigned}
 
     def _share(self, name, obj):
+        if type(obj) in SAFE_SCALARS:  # as the judge: plain values travel as themselves
+            return
         self.shared[name] = obj
         self.shared_ids[id(obj)] = name
         tok = getattr(obj, "tokenizer", None) if type(obj).__module__.split(".")[0] != "builtins" else None
@@ -156,24 +204,6 @@ class Worker:
 
     def op_call(self, target, args, kwargs):
         return {"value": self.export(target(*args, **kwargs))}
-
-    def op_getattr(self, target, name: str):
-        return {"value": self.export(getattr(target, name))}
-
-    def op_getitem(self, target, key):
-        return {"value": self.export(target[key])}
-
-    def op_len(self, target):
-        return {"value": len(target)}
-
-    def op_list(self, target):
-        return {"value": self.export(list(target))}
-
-    def op_repr(self, target):
-        return {"value": repr(target)[:2000]}
-
-    def op_bool(self, target):
-        return {"value": bool(target)}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -203,12 +233,31 @@ class _Unpickler(pickle.Unpickler):
 def _describe(e: BaseException) -> dict:
     tb = traceback.format_exception(type(e), e, e.__traceback__)
     # drop this file's own frames: the student sees their code and the libraries it called
-    lines = [ln for ln in tb if "worker.py" not in ln]
+    lines = [ln for ln in tb if "worker.py" not in ln and "IPython" not in ln]
     return {"ename": type(e).__name__, "evalue": str(e)[:2000], "traceback": "".join(lines)[-6000:]}
+
+
+def _copy_submission(src: str) -> None:
+    """Copy the read-only submission into the (writable, private) working folder."""
+    import shutil
+
+    for entry in os.listdir(src):
+        if entry == os.path.basename(__file__):
+            continue
+        path = os.path.join(src, entry)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.copytree(path, entry, symlinks=True, dirs_exist_ok=True)
+            elif os.path.isfile(path):
+                shutil.copyfile(path, entry)
+        except OSError as e:
+            print(f"could not copy {entry}: {e}", file=sys.stderr)
 
 
 def main() -> None:
     fd = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        _copy_submission(sys.argv[2])
     sock = socket.socket(fileno=fd)
     os.environ.setdefault("PLOTLY_RENDERER", "json")
     sys.argv = ["notebook"]

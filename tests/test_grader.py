@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -30,7 +31,7 @@ A = "toy"
 SETUP = "import torch\nfrom ioi_anomalies.checks import check_close\nX = torch.arange(6.0).reshape(2, 3)"
 DOUBLE = "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"
 TEST_DOUBLE = ('check_close(double(X), 2 * X, "double of X")\n### BEGIN HIDDEN TESTS\n'
-               'g = torch.Generator().manual_seed(1)\nY = torch.randn(4, 5, generator=g)\n'
+               'from grader.hidden import generator\nY = torch.randn(4, 5, generator=generator("double"))\n'
                'check_close(double(Y), 2 * Y, "double of a random tensor")  # SECRET-HIDDEN-MARKER\n### END HIDDEN TESTS')
 MEANS = "def row_means(x):\n    ### BEGIN SOLUTION\n    return x.mean(dim=1)\n    ### END SOLUTION"
 TEST_MEANS = ('assert row_means(X).shape == (2,), "one mean per row"\n### BEGIN HIDDEN TESTS\n'
@@ -158,6 +159,35 @@ def students(tmp: Path) -> dict:
         "snoop": (variant(both(extra("setup", probe), replace("double", "def double(x):\n    return x if leaked else 2 * x"))), "toy.ipynb"),
         "returns_object": (variant(replace("means", "class Weird:\n    shape = (2,)\n    def __eq__(self, o):\n        return True\n"
                                                     "def row_means(x):\n    return Weird()")), "toy.ipynb"),
+        # the student's exception text (here: the hidden input) never reaches the feedback
+        "leaky_error": (variant(replace("double", "def double(x):\n    if x.shape != (2, 3):\n"
+                                                  "        raise ValueError('LEAK ' + str(x.tolist()))\n    return 2 * x")), "toy.ipynb"),
+        "wrong_hidden": (variant(replace("double", "def double(x):\n    return 2 * x if x.shape == (2, 3) else x")), "toy.ipynb"),
+        # a live object whose methods would run student code in the judge: refused, so zeros cannot pass
+        "live_mapping": (variant(replace("means", "import torch\nclass Rows(dict):\n    shape = (2,)\n"
+                                                  "    def __iter__(self):\n        return iter([torch.zeros(())])\n"
+                                                  "def row_means(x):\n    return Rows()")), "toy.ipynb"),
+        # 4 bytes on the wire, 8 GiB if the judge materialised it
+        "expanded_view": (variant(replace("means", "import torch\ndef row_means(x):\n"
+                                                   "    return x.mean(dim=1) if x.shape == (2, 3) else torch.zeros(1).expand(2**31)")), "toy.ipynb"),
+        "deep_answer": (variant(replace("means", "def row_means(x):\n    v = []\n    for _ in range(5000):\n        v = [v]\n"
+                                                 "    return v")), "toy.ipynb"),
+        # the worker's own reply writer replaced: every later reply is malformed
+        "forged_replies": (variant(extra("test_double", "import gc\n"
+                                                         "W = next(type(o) for o in gc.get_objects() if type(o).__name__ == 'Worker')\n"
+                                                         "def send(self, obj, _orig=W.send):\n"
+                                                         "    _orig(self, {'ok': 'yes', 'error': 42})\n"
+                                                         "W.send = send")), "toy.ipynb"),
+        "ipython": (variant(extra("setup", "%env TOY_FLAG=1\n!echo shell escape\nimport asyncio, os, tempfile\n"
+                                           "await asyncio.sleep(0)\nassert os.environ['TOY_FLAG'] == '1'\n"
+                                           "os.makedirs(os.path.join(tempfile.gettempdir(), 'a', 'b'))\n"
+                                           "open('/tmp/scratch.txt', 'w').write('x')")), "toy.ipynb"),
+        "deep_home": (variant(extra("setup", "import os\nhere = os.getcwd()\nfor _ in range(3000):\n"
+                                             "    os.mkdir('d')\n    os.chdir('d')\nos.chdir(here)")), "toy.ipynb"),
+        "fills_disk": (variant(extra("setup", "with open('/tmp/fill', 'wb') as f:\n    while True:\n"
+                                              "        f.write(b'0' * 2**20)")), "toy.ipynb"),
+        "bytes_name": (variant(), b"toy\xff.ipynb"),
+        "stray_bytes_name": (variant(), "toy.ipynb"),
     }
 
 
@@ -179,6 +209,31 @@ EXPECTED = {
     "snoop": ("graded", 3.0),
     "returns_object": ("graded", 1.0),
     "on_roster_only": ("missing", 0.0),
+    "leaky_error": ("graded", 2.0),
+    "wrong_hidden": ("graded", 2.0),
+    "live_mapping": ("graded", 1.0),
+    "expanded_view": ("graded", 1.0),
+    "deep_answer": ("graded", 1.0),
+    "forged_replies": ("crashed", 1.0),
+    "ipython": ("graded", 3.0),
+    "deep_home": ("graded", 3.0),
+    "fills_disk": ("graded", 3.0),
+    "bytes_name": ("invalid_notebook", 0.0),
+    "stray_bytes_name": ("graded", 3.0),
+}
+
+# the exact message of the test each hostile submission fails
+MESSAGES = {
+    ("leaky_error", "test_double"): "your code raised ValueError during a hidden test",
+    ("wrong_hidden", "test_double"): "hidden test failed: double of a random tensor",
+    ("live_mapping", "test_row_means"): "AttributeError: 'dict' object has no attribute 'shape' "
+                                        "(in: assert row_means(X).shape == (2,), \"one mean per row\")",
+    ("expanded_view", "test_row_means"): "during a hidden test your code returned something that is not plain data "
+                                         "(return tensors, numbers, strings, or lists, tuples, dicts or sets of them)",
+    ("deep_answer", "test_row_means"): "your code returned something that is not plain data: the answer is nested more than 16 levels deep",
+    ("returns_object", "test_row_means"): "your code returned something that is not plain data: a Weird object "
+                                          "(return tensors, numbers, strings, or lists, tuples, dicts or sets of them)",
+    ("forged_replies", "test_row_means"): "not graded: the student's process sent a malformed reply",
 }
 
 
@@ -186,13 +241,18 @@ def make_course(tmp: Path, **kw) -> Config:
     (tmp / "solutions" / A).mkdir(parents=True, exist_ok=True)
     nbformat.write(source_notebook(), tmp / "solutions" / A / f"{A}.ipynb")
     cfg = Config(solutions=tmp / "solutions", submitted=tmp / "submitted", results=tmp / "results", feedback=tmp / "feedback",
-                 grades=tmp / "grades.csv", roster=tmp / "roster.csv", course=tmp / "course", jobs=2, memory_gb=4.0)
+                 grades=tmp / "grades.csv", roster=tmp / "roster.csv", course=tmp / "course", jobs=2, memory_gb=4.0,
+                 judge_memory_gb=6.0, disk_mb=64)
     return cfg.with_(**kw)
 
 
 def submit(cfg: Config, student: str, content, name: str) -> Path:
     folder = cfg.submitted / student / A
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(name, bytes):  # a file name that is not valid UTF-8
+        with open(os.path.join(os.fsencode(folder), name), "w") as f:
+            nbformat.write(content, f)
+        return folder
     path = folder / name
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -207,6 +267,8 @@ def graded(tmp_path_factory):
     cfg = make_course(tmp, wall_time_s=180)
     for student, (content, name) in students(tmp).items():
         submit(cfg, student, content, name)
+    with open(os.path.join(os.fsencode(cfg.submitted / "stray_bytes_name" / A), b"notes\xfe.txt"), "w") as f:
+        f.write("a stray file whose name is not UTF-8")
     cfg.roster.write_text("student\n" + "\n".join(sorted(EXPECTED)) + "\n")
     results = autograde(cfg, [A], progress=False)
     return cfg, {r["student"]: r for r in results}, tmp
@@ -218,6 +280,42 @@ def test_each_submission_gets_its_exact_status_and_score(graded, student):
     status, score = EXPECTED[student]
     r = results[student]
     assert (r["status"], r["score"]) == (status, score), json.dumps(r, indent=1, default=str)[:3000]
+
+
+@pytest.mark.parametrize("student, test", sorted(MESSAGES))
+def test_hostile_submissions_get_the_exact_message(graded, student, test):
+    r = graded[1][student]
+    assert r["tests"][test]["message"] == MESSAGES[student, test], r["tests"][test]
+    assert r["tests"][test]["state"] in ("failed", "not graded") and "LEAK" not in json.dumps(r)
+
+
+def test_failures_in_hidden_tests_show_no_inputs_or_values(graded):
+    results = graded[1]
+    for s in ("leaky_error", "wrong_hidden", "expanded_view"):
+        t = next(t for t in results[s]["tests"].values() if t["state"] == "failed")
+        assert t["failed_in"] == "hidden" and "traceback" not in t and not any(ch.isdigit() for ch in t["message"]), t
+    assert results["wrong"]["tests"]["test_row_means"]["failed_in"] == "hidden"
+    untouched = results["untouched"]["tests"]["test_double"]
+    assert untouched["failed_in"] == "visible" and "NotImplementedError" in untouched["message"] and untouched["traceback"]
+
+
+def test_ipython_syntax_and_a_private_tmp_work_as_in_jupyter(graded):
+    r = graded[1]["ipython"]
+    assert r["cell_errors"] == [], r["cell_errors"]
+
+
+def test_what_the_sandbox_writes_is_bounded_and_never_reaches_the_host(graded):
+    results = graded[1]
+    assert results["deep_home"]["cell_errors"] == [] and results["deep_home"]["reason"] == ""
+    errors = results["fills_disk"]["cell_errors"]
+    assert [e["ename"] for e in errors] == ["OSError"] and "No space left" in errors[0]["evalue"], errors
+
+
+def test_names_that_are_not_utf8_are_explained(graded):
+    results = graded[1]
+    assert results["bytes_name"]["reason"] == ("the notebook's file name is not valid UTF-8 (toy\\xff.ipynb); "
+                                               "rename it and resubmit")
+    assert "1 file(s) with names that are not valid UTF-8 were left out" in results["stray_bytes_name"]["reason"]
 
 
 def test_monkeypatching_in_the_notebook_changes_nothing(graded):
@@ -393,3 +491,137 @@ def test_demo_grades_the_example_class_as_expected(tmp_path):
     message = ben["tests"]["test_induction_score"]["message"]
     assert "induction_score" in message and html.escape(message) in page
     assert "BEGIN HIDDEN" not in page and "diagonal_score" not in page
+
+
+def _with_test(grade_id: str, code: str):
+    def edit(nb):
+        cell(nb, grade_id).source = code
+    return edit
+
+
+def test_a_long_check_in_the_judge_still_ends_at_the_wall_limit(tmp_path):
+    """The wall limit holds on the judge's side too: a hidden reference that runs long is stopped."""
+    slow = TEST_MEANS.replace("### END HIDDEN TESTS", "import time\ntime.sleep(3600)  # a reference that runs long\n### END HIDDEN TESTS")
+    cfg = make_course(tmp_path, wall_time_s=20, jobs=1)
+    nbformat.write(variant(_with_test("test_row_means", slow)), cfg.solutions / A / f"{A}.ipynb")
+    submit(cfg, "patient", variant(_with_test("test_row_means", slow)), "toy.ipynb")
+    t0 = time.monotonic()
+    r = autograde(cfg, [A], progress=False, record=False)[0]
+    assert time.monotonic() - t0 < 20 + 30, "the submission ended at its wall limit"
+    assert (r["status"], r["score"]) == ("timeout", 1.0), r
+    assert r["tests"]["test_row_means"] == {"points": 2.0, "score": 0.0, "state": "not graded",
+                                            "message": "not graded: the notebook ran past its time limit (while its tests were checked)"}
+
+
+def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_others(tmp_path):
+    """Hidden inputs come from HMAC(course secret, submission): the verdict below depends on the seed's parity."""
+    from grader import hidden
+    from grader.autograde import course_secret, submission_digest, submission_key
+
+    probe = ('assert True\n### BEGIN HIDDEN TESTS\nfrom grader.hidden import seed\n'
+             'assert seed("probe") % 2 == 0, "an even seed"\n### END HIDDEN TESTS')
+    cfg = make_course(tmp_path, wall_time_s=60, jobs=1)
+    nbformat.write(variant(_with_test("test_double", probe)), cfg.solutions / A / f"{A}.ipynb")
+    for i in range(2):
+        nb = variant(_with_test("test_double", probe))
+        nb.cells.append(nbformat.v4.new_markdown_cell(f"variant {i}"))
+        submit(cfg, f"s{i}", nb, "toy.ipynb")
+    first = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False)}
+    again = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False, force=True)}
+    for s in ("s0", "s1"):
+        hidden.use_submission(submission_key(course_secret(cfg), submission_digest(cfg.submitted / s / A)))
+        even = hidden.seed("probe") % 2 == 0
+        hidden.use_submission(b"")
+        assert first[s]["tests"]["test_double"]["state"] == ("passed" if even else "failed"), first[s]["tests"]
+        assert again[s]["tests"] == first[s]["tests"]
+
+
+def test_missing_submissions_start_no_worker(tmp_path, monkeypatch):
+    import grader.autograde as ag
+
+    cfg = make_course(tmp_path)
+    cfg.roster.write_text("student\nabsent\n")
+    monkeypatch.setattr(ag, "run_child", lambda *a: pytest.fail("a worker was started for a missing submission"))
+    r = autograde(cfg, [A], progress=False, record=False)[0]
+    assert (r["status"], r["score"], r["reason"]) == ("missing", 0.0, "no submission folder")
+    assert r["tests"]["test_double"]["state"] == "not graded"
+
+
+def test_feedback_is_world_readable_names_exercises_and_marks_hidden_tests(graded):
+    cfg = graded[0]
+    write_feedback(cfg, [A])
+    page = cfg.feedback / "wrong_hidden" / A / "feedback.html"
+    assert page.stat().st_mode & 0o777 == 0o644 and page.parent.stat().st_mode & 0o777 == 0o755
+    text = page.read_text()
+    assert "<td>Toy assignment (test 1 of 2)</td><td>visible + hidden</td>" in text
+    assert "hidden test failed: double of a random tensor (failed in the hidden part)" in text
+    crashed = (cfg.feedback / "membomb" / A / "feedback.html").read_text()
+    assert "extra cell" in crashed
+    export(cfg, [A])
+    rows = list(csv.DictReader(cfg.grades.read_text().splitlines()))
+    for r in rows:
+        for col in ("score", "max_score", "auto_score", "manual_score", "test_double", "test_row_means"):
+            assert "." in r[col], (col, r[col])  # one form for every number: 0.0, never 0
+
+
+def _gpt2_shaped_cache(hf_home: Path) -> None:
+    """A GPT-2-small-shaped model with random weights, saved in the hub cache layout as 'openai-community/gpt2'."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ioi_anomalies.tokenizer import save_tokenizer
+
+    repo = hf_home / "hub" / "models--openai-community--gpt2"
+    snap = repo / "snapshots" / ("0" * 40)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(snap)
+    save_tokenizer(snap)
+    for f in snap.iterdir():  # as the hub writes its cache (safetensors alone would leave the weights 0600)
+        f.chmod(0o644)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def test_gpt2_small_loads_in_the_sandbox_from_the_cache_where_hf_home_puts_it(tmp_path, monkeypatch):
+    """`model = "gpt2-small"` grades with the hub cache bound read-only (here under a temporary HF_HOME)."""
+    hf_home = tmp_path / "hf"
+    _gpt2_shaped_cache(hf_home)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    setup = SETUP + ('\nfrom ioi_anomalies import load_model\nmodel = load_model("gpt2-small")\n'
+                     'SHAPE = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)')
+    check = ('assert SHAPE == (12, 12, 768), "GPT-2 small\'s shape"\n'
+             'assert model.model_label == "gpt2-small", "loaded as GPT-2 small"\nassert double(1) == 2, "double"')
+    cfg = make_course(tmp_path, wall_time_s=300, jobs=1, model="gpt2-small", memory_gb=6.0)
+
+    def edit(nb):
+        cell(nb, "setup").source = setup
+        cell(nb, "test_double").source = check
+    nbformat.write(variant(edit), cfg.solutions / A / f"{A}.ipynb")
+    submit(cfg, "gpt", variant(edit), "toy.ipynb")
+    r = autograde(cfg, [A], progress=False, record=False)[0]
+    assert r["cell_errors"] == [], r["cell_errors"]  # the student's process loaded it too, not only the judge
+    assert r["tests"]["test_double"]["state"] == "passed", json.dumps(r, indent=1)[:3000]
+    assert (r["status"], r["score"]) == ("graded", 3.0), r["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("IOI_ANOMALIES_SLOW"), reason="grades a whole solution on a GPT-2-small-shaped model; "
+                    "set IOI_ANOMALIES_SLOW=1 to run")
+def test_a_whole_solution_grades_in_full_on_a_gpt2_small_shaped_model(tmp_path, monkeypatch):
+    """The first notebook's solution, graded with `model = "gpt2-small"` on random weights in the hub cache layout."""
+    nb = "01_early_induction_heads"
+    hf_home = tmp_path / "hf"
+    _gpt2_shaped_cache(hf_home)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    cfg = Config(solutions=ROOT / "solutions", submitted=tmp_path / "submitted", results=tmp_path / "results",
+                 feedback=tmp_path / "feedback", grades=tmp_path / "grades.csv", roster=tmp_path / "roster.csv",
+                 course=tmp_path / "course", jobs=1, model="gpt2-small", wall_time_s=1800)
+    (cfg.submitted / "sol" / nb).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / nb / f"{nb}.ipynb", cfg.submitted / "sol" / nb / f"{nb}.ipynb")
+    t0 = time.monotonic()
+    r = autograde(cfg, [nb], progress=False, record=False)[0]
+    print(f"grading {nb} on a GPT-2-small-shaped model: {time.monotonic() - t0:.0f} s, judge peak RSS {r.get('judge_peak_rss_mb')} MB")
+    assert r["status"] == "graded" and r["score"] == r["max_score"], (r["reason"], r.get("worker_log"), r["cell_errors"],
+                                                                      {k: v for k, v in r["tests"].items() if v["state"] != "passed"})
