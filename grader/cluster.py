@@ -62,6 +62,7 @@ class Job:
     submission_sha256: str  # as the client computes it (what a re-run compares against)
     cfg: Config
     environment: str = ""  # the client's `environment_digest()`; empty: not checked
+    secret: bytes = b""  # the course's hidden-test secret, so a regrade anywhere draws the same hidden inputs
 
 
 def submission_files(folder: Path) -> list[tuple[str, bytes]]:
@@ -89,12 +90,13 @@ def submission_files(folder: Path) -> list[tuple[str, bytes]]:
 
 def pack(cfg: Config, student: str, assignment: str, environment: str = "") -> Job:
     """The job for one submission, read on the client."""
-    from .autograde import submission_digest
+    from .autograde import course_secret, submission_digest
 
     source = (cfg.solutions / assignment / f"{assignment}.ipynb").read_bytes()
     folder = cfg.submitted / student / assignment
     return Job(student=student, assignment=assignment, source_text=source, source_sha256=hashlib.sha256(source).hexdigest(),
-               files=tuple(submission_files(folder)), submission_sha256=submission_digest(folder), cfg=cfg, environment=environment)
+               files=tuple(submission_files(folder)), submission_sha256=submission_digest(folder), cfg=cfg, environment=environment,
+               secret=course_secret(cfg))
 
 
 def _safe_name(name: str, what: str) -> str:
@@ -124,6 +126,13 @@ def unpack(job: Job, root: Path) -> Config:
         dest = folder / _safe_relpath(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
+    if job.secret:  # the client's course secret, private to this temporary course
+        from .autograde import SECRET_FILE
+
+        (root / "course").mkdir(mode=0o700)
+        key = root / "course" / SECRET_FILE
+        key.touch(mode=0o600)
+        key.write_bytes(job.secret)
     return job.cfg.with_(solutions=root / "solutions", submitted=root / "submitted", results=root / "results", feedback=root / "feedback",
                          grades=root / "grades.csv", roster=root / "roster.csv", course=root / "course")
 

@@ -91,10 +91,10 @@ class Worker:
         budget[0] -= 1
         if budget[0] < 0:
             raise NotPlainData(f"the answer has more than {MAX_ITEMS} items")
+        if type(obj) in SAFE_SCALARS:  # never a shared reference: the judge shares no plain values
+            return obj
         if id(obj) in self.shared_ids and self.shared.get(self.shared_ids[id(obj)]) is obj:
             return {"__ioi_shared__": self.shared_ids[id(obj)]}
-        if type(obj) in SAFE_SCALARS:
-            return obj
         if depth > MAX_DEPTH:
             raise NotPlainData(f"the answer is nested more than {MAX_DEPTH} levels deep")
         if isinstance(obj, torch.Tensor):
@@ -188,6 +188,8 @@ class Worker:
         return {"ok": error is None, "error": error, "stdout": out.getvalue(), "stderr": err.getvalue(), "assigned": assigned}
 
     def _share(self, name, obj):
+        if type(obj) in SAFE_SCALARS:  # as the judge: plain values travel as themselves
+            return
         self.shared[name] = obj
         self.shared_ids[id(obj)] = name
         tok = getattr(obj, "tokenizer", None) if type(obj).__module__.split(".")[0] != "builtins" else None

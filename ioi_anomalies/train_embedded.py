@@ -26,6 +26,12 @@ steps of the marker task alone; then the best ``--hold-prev`` previous-token hea
 query and key weights they have, and the positions stop learning (see ``HeldHeads``), while
 the rest of the model, their values and outputs included, trains on the mix.
 
+``--roles`` (6 layers x 4 heads) adds objectives that name heads instead: each role of GPT-2
+small's IOI circuit is put on a chosen head (``ROLE_LAYOUT``) by losses on where it attends, ablation
+dropout of the name mover, a hinge on the negative name mover's direct logit attribution and
+interchange-intervention training of the S-inhibition heads (see ``Roles``; the model card says
+what its runs reached).
+
 The final name of an IOI prompt gets a larger loss weight (``--end-weight``). The output layer is
 trained with a sampled softmax (the batch's targets plus random negatives), so a step costs a
 fraction of a full 50,257-way softmax; the saved model is an ordinary GPT-2, evaluated with the
@@ -44,6 +50,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -51,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import ABBA_TEMPLATES, BABA_TEMPLATES, IOIDataset
+from .dataset import ABBA_TEMPLATES, BABA_TEMPLATES, FLIP_GRID, IOIDataset, parse_flip
 from .tokenizer import EOT_ID, load_tokenizer, save_tokenizer
 
 SEQ = 64
@@ -91,13 +98,16 @@ class Mixture:
 
     def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0,
                  repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4),
-                 prev_first: int = 0, filler_weight: float = 0.1):
+                 prev_first: int = 0, filler_weight: float = 0.1, roles: bool = False):
         self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
         self.end_weight = end_weight
         self.tok = tokenizer
         self.rng = np.random.default_rng(seed)
         self.chunk = 0
-        self.pools: dict[str, list[tuple[list[int], int]]] = {"ioi": [], "story": []}
+        self.pools: dict[str, list[tuple]] = {"ioi": [], "story": []}
+        self.roles = roles
+        self.flips = [parse_flip(f) for f in FLIP_GRID.values() if f is not None]
+        self.info: dict = {}  # where the roles' targets are in the last batch (see ``batch``)
         self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
         self.step = 0
         self.name_swap = name_swap
@@ -129,12 +139,15 @@ class Mixture:
         seed = TRAIN_SEED_BASE + self.chunk
         self.chunk += 1
         state = random.getstate(), np.random.get_state()
-        ioi: list[tuple[list[int], int]] = []
-        for templates, n in ((self.templates, 1024), ("ABC mixed", 256)):
+        ioi: list[tuple] = []
+        for templates, n in ((self.templates, 1024), ("ABC mixed", 0 if self.roles else 256)):
+            if not n:
+                continue
             ds = IOIDataset(templates, N=n, tokenizer=self.tok, seed=seed, prepend_bos=False)
             for i in range(n):
                 ids = self._swap_names(ds.toks[i, : ds.word_idx["end"][i] + 2].tolist(), self._names_of(ds, i))
-                ioi.append((ids, len(ids) - 2))
+                where = None if templates == "ABC mixed" else tuple(int(ds.word_idx[k][i]) for k in ("IO", "S1", "S2"))
+                ioi.append((ids, len(ids) - 2, where))
         # stories: two or three IOI sentences in a row, each a fresh draw
         ds = IOIDataset(self.templates, N=768, tokenizer=self.tok, seed=seed + 7, prepend_bos=False)
         sents = [self._swap_names(ds.toks[i, : ds.word_idx["end"][i] + 2].tolist(), self._names_of(ds, i)) for i in range(ds.N)]
@@ -147,20 +160,40 @@ class Mixture:
                 ids += sent + period
             ids = ids[:-1]
             if len(ids) < SEQ:  # room for an optional BOS
-                story.append((ids, len(ids) - 2))
+                story.append((ids, len(ids) - 2, None))
         random.setstate(state[0])
         np.random.set_state(state[1])
         for name, items in (("ioi", ioi), ("story", story)):
             order = self.rng.permutation(len(items))
             self.pools[name].extend(items[i] for i in order)
 
-    def _repeated(self) -> tuple[list[int], int]:
-        """A random block (``block`` tokens long) repeated ``copies`` times, after an optional random prefix."""
+    def _repeated(self) -> tuple[list[int], int, tuple[int, int]]:
+        """A random block (``block`` tokens long) repeated ``copies`` times, after an optional
+        random prefix; also (where the block starts, its length)."""
         n = int(self.rng.integers(self.block[0], self.block[1] + 1))
         copies = int(self.rng.integers(self.copies[0], self.copies[1] + 1))
         block = self.rng.integers(0, 50257, size=n).tolist()
         prefix = self.rng.integers(0, 50257, size=int(self.rng.integers(0, 6))).tolist()
-        return (prefix + block * copies)[: SEQ - 1], -1
+        return (prefix + block * copies)[: SEQ - 1], -1, (len(prefix), n)
+
+    def _flipped(self, ids: list[int], where: tuple[int, int, int]) -> tuple[list[int], int, int]:
+        """The prompt with its three names rewritten by one of the positional-vs-token grid's
+        flips (or none), and the answer that follows the *position* of the duplicated name: the
+        prompt's IO when the flipped prompt's repeated name sits in the same slot as S1, its S
+        otherwise. Returns (flipped ids, target token, other token)."""
+        io_pos, s1_pos, s2_pos = where
+        a, b = ids[io_pos], ids[s1_pos]
+        slots = sorted((io_pos, s1_pos)) + [s2_pos]
+        pattern = "ABB" if io_pos < s1_pos else "BAB"
+        k = int(self.rng.integers(0, len(self.flips) + 1))
+        new = pattern if k == len(self.flips) else self.flips[k][pattern][1]
+        pool = [t for t in self.rng.choice(self.name_pool, size=4, replace=False).tolist() if t not in (a, b)]
+        letters = {"A": a, "B": b, "C": pool[0], "D": pool[1]}
+        out = list(ids)
+        for pos, letter in zip(slots, new):
+            out[pos] = letters[letter]
+        same_slot = new.index(new[2]) == pattern.index("B")
+        return out, (a if same_slot else b), (b if same_slot else a)
 
     def _marker(self, filler: float) -> tuple[list[int], list[float]]:
         """Random tokens in which, every few tokens, a marker is followed by the token before it:
@@ -189,21 +222,33 @@ class Mixture:
         if kind == "ioi":
             size *= 2  # short sequences: twice the prompts for about the same cost
         seqs, ends, marked = [], [], []
+        info: dict[str, list] = {"where": [], "block": [], "flipped": [], "target": [], "other": []}
         for _ in range(size):
-            w = None
+            w, where, blk = None, None, None
             if kind in ("marker", "prev"):
                 ids, w = self._marker(0.0 if kind == "prev" else self.filler_weight)
                 end = -1
             elif kind == "repeat":
-                ids, end = self._repeated()
+                ids, end, blk = self._repeated()
             else:
                 if not self.pools[kind]:
                     self._refill()
-                ids, end = self.pools[kind].pop()
+                ids, end, where = self.pools[kind].pop()
+            flipped = None
+            if self.roles and where is not None:
+                flipped, target, other = self._flipped(ids, where)
+                info["target"].append(target)
+                info["other"].append(other)
             if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
                 ids = [EOT_ID] + ids
+                flipped = None if flipped is None else [EOT_ID] + flipped
                 end = end + 1 if end >= 0 else end
                 w = None if w is None else [0.0] + w
+                where = None if where is None else tuple(x + 1 for x in where)
+                blk = None if blk is None else (blk[0] + 1, blk[1])
+            info["where"].append(where)
+            info["block"].append(blk)
+            info["flipped"].append(flipped)
             seqs.append(ids[:SEQ])
             ends.append(end)
             marked.append(None if w is None else w[: SEQ - 1])
@@ -215,6 +260,14 @@ class Mixture:
             weight[i, : len(s) - 1] = 1 if marked[i] is None else torch.tensor(marked[i])
             if ends[i] >= 0:
                 weight[i, ends[i]] = self.end_weight  # the name that needs the circuit
+        info["lengths"] = [len(s) for s in seqs]
+        info["ends"] = ends
+        if info["target"]:
+            flipped = torch.full((size, width), EOT_ID, dtype=torch.long)
+            for i, f in enumerate(info["flipped"]):
+                flipped[i, : len(f)] = torch.tensor(f)
+            info["flipped"] = flipped
+        self.info = info
         return kind, toks, weight
 
 
@@ -296,12 +349,211 @@ class HeldHeads:
             param[..., cols] = value
 
 
+#: Where each role of GPT-2 small's IOI circuit is put in the 6-layer x 4-head model (layer, head).
+ROLE_LAYOUT: dict[str, list[tuple[int, int]]] = {
+    "previous token": [(0, 0), (0, 2)],
+    "duplicate token": [(0, 1)],
+    "induction": [(1, 0), (1, 1)],
+    "fuzzy induction": [(1, 2)],
+    "s2 inhibition": [(2, 0), (3, 0)],
+    "name mover": [(4, 0)],
+    "backup name mover": [(5, 0)],
+    "negative name mover": [(5, 1)],
+    # the name mover's layer-mates attend to the first position from END, so that the name mover is the
+    # top one (the head whose ablation the backup learns to make up for)
+    "quiet": [(4, 1), (4, 2), (4, 3)],
+}
+
+
+class Roles:
+    """Objectives that name heads: each role of ``ROLE_LAYOUT`` gets a loss on where its head attends,
+    and three objectives shape what the late heads do.
+
+    - Attention: cross-entropy of the head's pattern against its target position. Previous-token
+      heads: the position before, on every sequence. On repeated tokens: duplicate-token head ->
+      the same token one copy back, induction heads -> the token after it, the fuzzy induction
+      head -> the first position (so its induction score stays low). On IOI prompts: at S2 the
+      duplicate-token head -> S1, the fuzzy induction head -> S1+1; at END the S-inhibition
+      heads -> S2, the name mover and the negative name mover -> IO, the backup name mover -> IO
+      only in prompts where the name mover is ablated (the first position otherwise).
+    - Ablation dropout: in a share ``nm_dropout`` of the IOI prompts the name mover's output at
+      END is replaced by its mean over the batch, and the prompt must still be answered.
+    - Negative name mover: a hinge loss on its direct logit attribution (IO - S, through the
+      final LayerNorm) above ``-neg_margin``.
+    - Interchange intervention (IIT): the S-inhibition heads' outputs at END are patched in from a
+      prompt whose names were rewritten by one of the positional-vs-token grid's flips; the
+      patched run must prefer the name the flipped prompt's *position* of the repeated name points
+      to (see ``Mixture._flipped``), so the signal the heads carry is positional.
+    """
+
+    def __init__(self, model, layout=None, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
+                 iit_weight: float = 1.0):
+        self.attn_weight, self.iit_weight = attn_weight, iit_weight
+        self.layout = {k: list(v) for k, v in (layout or ROLE_LAYOUT).items()}
+        self.model = model
+        self.nm_dropout, self.neg_margin = nm_dropout, neg_margin
+        cfg = model.config
+        self.dh = cfg.n_embd // cfg.n_head
+        for heads in self.layout.values():
+            for l, h in heads:
+                if not (0 <= l < cfg.n_layer and 0 <= h < cfg.n_head):
+                    raise ValueError(f"role head {l}.{h} is not in a {cfg.n_layer}-layer, {cfg.n_head}-head model")
+
+    def _z_hooks(self, edit: dict[int, callable]):
+        hs = []
+        for layer, fn in edit.items():
+            proj = self.model.transformer.h[layer].attn.c_proj
+            hs.append(proj.register_forward_pre_hook(lambda mod, args, fn=fn: (fn(args[0]),)))
+        return hs
+
+    def _head(self, z: torch.Tensor, h: int) -> slice:
+        return slice(h * self.dh, (h + 1) * self.dh)
+
+    @staticmethod
+    def _attn_ce(pattern: torch.Tensor, rows, q, k) -> torch.Tensor:
+        """Mean of -log pattern[row, q, k] over the given entries (pattern: [batch, q, k])."""
+        if len(rows) == 0:
+            return pattern.new_zeros(())
+        rows, q, k = (torch.as_tensor(x, dtype=torch.long) for x in (rows, q, k))
+        return -(pattern[rows, q, k] + 1e-6).log().mean()
+
+    def losses(self, kind: str, toks: torch.Tensor, weights: torch.Tensor, info: dict, n_neg: int, gen, iit: bool):
+        """The LM loss and every role objective for one batch; returns (total, parts)."""
+        model = self.model
+        B, T = toks.shape
+        is_ioi = kind == "ioi" and info.get("target")
+        rows = torch.arange(B)
+        ends = torch.tensor(info["ends"])
+        edits, saved = {}, {}
+        ablate = torch.zeros(B, dtype=torch.bool)
+        if is_ioi:
+            (nl, nh), = self.layout["name mover"][:1]
+            ablate = torch.rand(B, generator=gen) < self.nm_dropout
+            sl = self._head(None, nh)
+
+            def ablate_nm(z):
+                z = z.clone()
+                at_end = z[rows, ends, sl]
+                mean = at_end.detach().mean(0)
+                z[rows[ablate], ends[ablate], sl] = mean
+                return z
+            edits[nl] = ablate_nm
+            (gl, gh), = self.layout["negative name mover"][:1]
+
+            def keep_neg(z, prev=edits.get(gl)):
+                z = prev(z) if prev else z
+                saved["neg"] = z[rows, ends, self._head(None, gh)]
+                return z
+            edits[gl] = keep_neg
+        hooks = self._z_hooks(edits)
+        ln_in = {}
+        hooks.append(model.transformer.ln_f.register_forward_pre_hook(lambda m, a: ln_in.__setitem__("x", a[0])))
+        try:
+            out = model.transformer(toks, output_attentions=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        parts = {"lm": _sampled_from_hidden(model, out.last_hidden_state[:, :-1], toks, weights, n_neg, gen)}
+        att = out.attentions  # per layer [batch, head, q, k]
+        lens = info["lengths"]
+        # previous-token heads on every sequence
+        r, q = zip(*[(i, p) for i in range(B) for p in range(1, lens[i])])
+        parts["attn"] = sum(self._attn_ce(att[l][:, h], r, q, [x - 1 for x in q]) for l, h in self.layout["previous token"])
+        if kind == "repeat":
+            ent = [(i, p, o, n) for i, (o, n) in enumerate(info["block"]) for p in range(o + n, lens[i])]
+            r, q, o, n = zip(*ent)
+            dup = [p - m for p, m in zip(q, n)]
+            ind = [p - m + 1 for p, m in zip(q, n)]
+            for l, h in self.layout["duplicate token"]:
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], r, q, dup)
+            for l, h in self.layout["induction"]:
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], r, q, ind)
+            for l, h in self.layout["fuzzy induction"]:
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], r, q, [0] * len(q))
+        if is_ioi:
+            io, s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in range(3))
+            # the induction heads are not trained to attend S2 -> S1+1 here: copying S1+1 (" and") at S2 is wrong
+            # in these prompts, and that would teach their values not to copy, which repeated tokens need
+            for role, q_at, k_at in (("duplicate token", s2, s1), ("fuzzy induction", s2, s1 + 1),
+                                     ("s2 inhibition", ends, s2), ("name mover", ends, io), ("negative name mover", ends, io)):
+                for l, h in self.layout[role]:
+                    parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, q_at, k_at)
+            for l, h in self.layout.get("quiet", []):
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.zeros_like(ends))
+            for l, h in self.layout["backup name mover"]:
+                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.where(ablate, io, 0))
+            # negative name mover: its direct logit attribution at END below -neg_margin
+            (gl, gh), = self.layout["negative name mover"][:1]
+            w_o = model.transformer.h[gl].attn.c_proj.weight[self._head(None, gh)]
+            head_out = saved["neg"] @ w_o
+            x = ln_in["x"][rows, ends]
+            scale = (x.var(-1, unbiased=False, keepdim=True) + model.config.layer_norm_epsilon).sqrt()
+            head_out = (head_out - head_out.mean(-1, keepdim=True)) / scale * model.transformer.ln_f.weight
+            wte = model.transformer.wte.weight
+            io_tok = toks[rows, ends + 1]
+            s_tok = toks[rows, s2]
+            dla = (head_out * (wte[io_tok] - wte[s_tok])).sum(-1)
+            parts["neg"] = torch.relu(dla + self.neg_margin).mean()
+            if iit:
+                parts["iit"] = self._iit(toks, info, rows, ends)
+        total = parts["lm"] + self.attn_weight * parts["attn"] + parts.get("neg", 0.0) + self.iit_weight * parts.get("iit", 0.0)
+        return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+
+    def _iit(self, toks, info, rows, ends) -> torch.Tensor:
+        """Patch the S-inhibition heads' outputs at END from the flipped prompts; the answer must follow position.
+        Each batch patches all of them or one alone (chosen at random), so that each carries the signal."""
+        heads = self.layout["s2 inhibition"]
+        pick = int(torch.randint(0, len(heads) + 1, (1,)))
+        heads = heads if pick == len(heads) else [heads[pick]]
+        src = {}
+        grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, ends].detach()) or z) for l in {l for l, _ in heads}}
+        hooks = self._z_hooks(grab)
+        try:
+            with torch.no_grad():
+                self.model.transformer(info["flipped"])
+        finally:
+            for h in hooks:
+                h.remove()
+
+        def put(layer):
+            def fn(z):
+                z = z.clone()
+                for l, h in heads:
+                    if l == layer:
+                        sl = self._head(None, h)
+                        z[rows, ends, sl] = src[l][:, sl]
+                return z
+            return fn
+        hooks = self._z_hooks({l: put(l) for l in src})
+        try:
+            hidden = self.model.transformer(toks).last_hidden_state[rows, ends]
+        finally:
+            for h in hooks:
+                h.remove()
+        wte = self.model.transformer.wte.weight
+        target, other = torch.tensor(info["target"]), torch.tensor(info["other"])
+        pair = torch.stack([(hidden * wte[target]).sum(-1), (hidden * wte[other]).sum(-1)], -1)
+        return torch.nn.functional.cross_entropy(pair, torch.zeros(len(rows), dtype=torch.long))
+
+
+def _sampled_from_hidden(model, hidden, toks, weights, n_neg: int, gen: torch.Generator):
+    targets = toks[:, 1:]
+    neg = torch.randint(0, 50257, (n_neg,), generator=gen).to(toks.device)
+    cands, inverse = torch.unique(torch.cat([targets.reshape(-1), neg]), return_inverse=True)
+    target_idx = inverse[: targets.numel()].view_as(targets)
+    logits = hidden @ model.transformer.wte.weight[cands].T
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_idx.flatten(), reduction="none")
+    return (nll.view_as(targets) * weights).sum() / weights.sum()
+
+
 def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: float, max_steps: int | None = None,
           n_layer: int = 6, n_head: int = 8, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, n_neg: int = 2048,
           name_swap: float = 0.0, attention_only: bool = True, repeat_first: int = 0, d_model: int = 128,
           block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4), eval_every: int = 100, device: str = "cpu",
           emb_lr_scale: float = 1.0, emb_frozen_steps: int = 0, weight_decay: float = 0.01, pos_scale: float = 0.03,
-          prev_first: int = 0, hold_prev: int = 0, filler_weight: float = 0.1, fixed_positions: bool = False) -> dict:
+          prev_first: int = 0, hold_prev: int = 0, filler_weight: float = 0.1, fixed_positions: bool = False,
+          roles: bool = False, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
+          iit_weight: float = 1.0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -324,7 +576,10 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
             model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape, scale=pos_scale))
     if fixed_positions:  # the sinusoids stay as they are, as in the original Transformer
         model.transformer.wpe.weight.requires_grad_(False)
-    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight)
+    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight, roles)
+    shaper = Roles(model, nm_dropout=nm_dropout, neg_margin=neg_margin, attn_weight=attn_weight,
+                   iit_weight=iit_weight) if roles else None
+    parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
     wte = model.transformer.wte.weight
@@ -357,8 +612,13 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
             frozen = g["name"] == "token embeddings" and step < emb_frozen_steps  # held at their start
             g["lr"] = 0.0 if frozen else lr * scale * g["scale"]
         model.train()
-        _, toks, weights = data.batch(batch)
-        loss = sampled_loss(model, toks.to(device), weights.to(device), n_neg, gen)
+        kind, toks, weights = data.batch(batch)
+        if shaper is None:
+            loss = sampled_loss(model, toks.to(device), weights.to(device), n_neg, gen)
+        else:
+            loss, parts = shaper.losses(kind, toks.to(device), weights.to(device), data.info, n_neg, gen, iit=True)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -371,7 +631,9 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
             ld, acc, ind, rep_loss = quick_eval(model, tokenizer, n=100)
             log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
                         "ioi_logit_diff": round(ld, 3), "ioi_acc": round(acc, 3), "induction": round(ind, 3),
-                        "repeat_second_half_loss": round(rep_loss, 3)})
+                        "repeat_second_half_loss": round(rep_loss, 3),
+                        **{f"loss_{k}": round(v / eval_every, 4) for k, v in parts_sum.items()}})
+            parts_sum = {}
             bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}", ind=f"{ind:.2f}")
         if max_steps:
             bar.update(1)
@@ -414,6 +676,11 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "held_heads": None if held is None else [f"{l}.{h}" for l, h in held.heads],
         "held_heads_previous_token_score": held_scores,
         "copies": list(copies),
+        "roles": None if shaper is None else {k: [f"{l}.{h}" for l, h in v] for k, v in shaper.layout.items()},
+        "nm_dropout": nm_dropout,
+        "neg_margin": neg_margin,
+        "attn_weight": attn_weight,
+        "iit_weight": iit_weight,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -451,6 +718,11 @@ def main(argv=None):
     p.add_argument("--hold-prev", type=int, default=2, help="previous-token heads whose queries and keys (and the positions) are held after those steps")
     p.add_argument("--filler-weight", type=float, default=0.1, help="loss weight of the unpredictable tokens of marker sequences in the mix")
     p.add_argument("--fixed-positions", action="store_true", help="keep the sinusoidal positions fixed throughout")
+    p.add_argument("--roles", action="store_true", help="objectives that name heads (see Roles and ROLE_LAYOUT; needs 6 layers x 4 heads)")
+    p.add_argument("--nm-dropout", type=float, default=0.3, help="share of IOI prompts whose name mover is mean-ablated at END (with --roles)")
+    p.add_argument("--neg-margin", type=float, default=1.0, help="the negative name mover's DLA is pushed below minus this (with --roles)")
+    p.add_argument("--attn-weight", type=float, default=0.3, help="weight of the attention-pattern losses (with --roles)")
+    p.add_argument("--iit-weight", type=float, default=1.0, help="weight of the interchange-intervention loss (with --roles)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -462,7 +734,15 @@ def main(argv=None):
                  copies=tuple(a.copies), eval_every=a.eval_every, device=a.device, emb_lr_scale=a.emb_lr_scale,
                  emb_frozen_steps=a.emb_frozen_steps, weight_decay=a.weight_decay, pos_scale=a.pos_scale,
                  prev_first=a.prev_first, hold_prev=a.hold_prev, filler_weight=a.filler_weight,
-                 fixed_positions=a.fixed_positions)
+                 fixed_positions=a.fixed_positions, roles=a.roles, nm_dropout=a.nm_dropout, neg_margin=a.neg_margin,
+                 attn_weight=a.attn_weight, iit_weight=a.iit_weight)
+    # the command that made these weights, as the model card reports it
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" in args:  # where the weights go does not change them
+        i = args.index("--out")
+        del args[i : i + 2]
+    info["command"] = " ".join(["python -m ioi_anomalies.train_embedded", *args])
+    (a.out / "training.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
     print("final quick eval:", info["log"][-1] if info["log"] else None)
 

@@ -51,6 +51,8 @@ def test_a_job_carries_the_source_and_the_submission_and_lays_them_out_on_a_work
     assert there.solutions == tmp_path / "worker" / "solutions" and there.submitted == tmp_path / "worker" / "submitted"
     assert (there.course, there.results) == (tmp_path / "worker" / "course", tmp_path / "worker" / "results"), "nothing points at the client"
     assert (there.model, there.wall_time_s, there.memory_gb) == (cfg.model, cfg.wall_time_s, cfg.memory_gb)
+    assert ag.course_secret(there) == ag.course_secret(cfg), "a regrade on any worker draws the same hidden inputs"
+    assert (there.course / ag.SECRET_FILE).stat().st_mode & 0o077 == 0, "the secret stays private on the worker"
     assert Source.load(there.solutions / A / f"{A}.ipynb", A).digest == job.source_sha256
     for rel, data in job.files:
         assert (there.submitted / "ann" / A / rel).read_bytes() == (cfg.submitted / "ann" / A / rel).read_bytes() == data

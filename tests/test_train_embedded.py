@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ioi_anomalies import load_model
@@ -81,3 +82,51 @@ def test_held_heads_keep_their_queries_keys_and_positions(tmp_path):
     for cols in (slice(0, dh), slice(d, d + dh), slice(2 * d + dh, 3 * d)):  # head 0, and the values: trained
         assert not torch.equal(w1[:, cols], w0[:, cols])
     assert torch.equal(model.transformer.wpe.weight, before["transformer.wpe.weight"])
+
+
+def test_flipped_prompts_target_the_position_of_the_repeated_name():
+    """IIT targets follow position, not token: the grid's position-inverted flips point to S."""
+    from ioi_anomalies.dataset import FLIP_GRID, parse_flip
+
+    data = Mixture(load_tokenizer(), seed=0, mix="ioi:1", roles=True)
+    ids = [10, 11, 12, 13, 14, 13, 15, 16, 11]  # "... A(11) ... B(13) ... B(13) ... -> A" (ABBA)
+    where = (1, 3, 5)  # IO, S1, S2
+    seen = set()
+    for _ in range(200):
+        out, target, other = data._flipped(ids, where)
+        first, second, s2 = out[1], out[3], out[5]
+        assert out[:1] + out[2:3] + out[4:5] + out[6:] == ids[:1] + ids[2:3] + ids[4:5] + ids[6:], "only names change"
+        repeated_slot = 0 if first == s2 else 1
+        assert first == s2 or second == s2, "the flipped prompt repeats one name"
+        # the clean S1 sits in slot 1: same slot -> answer IO (11), other slot -> answer S (13)
+        assert (target, other) == ((11, 13) if repeated_slot == 1 else (13, 11)), (out, target)
+        seen.add(("same" if repeated_slot == 1 else "flipped", first in (11, 13) and s2 in (11, 13)))
+    assert len(seen) == 4, "both positions, with kept and with fresh names"
+    assert len(FLIP_GRID) == 6 and all(parse_flip(f) for f in FLIP_GRID.values() if f)
+
+
+def test_role_objectives_run_and_name_their_heads(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from ioi_anomalies.train_embedded import ROLE_LAYOUT, Roles, build_config
+
+    tok = load_tokenizer()
+    model = GPT2LMHeadModel(build_config(0.0, 6, 4, 32))
+    model.config._attn_implementation = "eager"
+    roles = Roles(model, nm_dropout=0.5)
+    data = Mixture(tok, seed=0, mix="ioi:1,repeat:1", roles=True, name_swap=0.5)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        kind, toks, weights = data.batch(4)
+        loss, parts = roles.losses(kind, toks, weights, data.info, 64, gen, iit=True)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert set(parts) == ({"lm", "attn", "neg", "iit"} if kind == "ioi" else {"lm", "attn"}), parts
+    # the S-inhibition heads' queries get gradient (from their attention loss and the IIT)
+    (l, h), dh = ROLE_LAYOUT["s2 inhibition"][0], 8
+    assert model.transformer.h[l].attn.c_attn.weight.grad[:, h * dh:(h + 1) * dh].abs().sum() > 0
+    assert not any(m._forward_pre_hooks for m in model.modules()), "no hooks left behind"
+    with pytest.raises(ValueError, match="not in a 2-layer"):
+        Roles(GPT2LMHeadModel(build_config(0.0, 2, 2, 32)))
+    info = train(tmp_path / "r", **dict(TINY, n_layer=6, n_head=4, prev_first=0, hold_prev=0, mix="ioi:1,repeat:1", roles=True))
+    assert info["roles"]["name mover"] == ["4.0"] and info["roles"]["s2 inhibition"] == ["2.0", "3.0"]
