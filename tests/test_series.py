@@ -21,8 +21,8 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir(
 WRONG = {
     "01_early_induction_heads": (
         [
-            ("return pattern.diagonal(-(seq_len - 1), dim1=-2, dim2=-1).mean(dim=(0, -1))",
-             "return pattern.diagonal(-seq_len, dim1=-2, dim2=-1).mean(dim=(0, -1))"),
+            ("block = pattern[:, :, seq_len : 2 * seq_len, 1 : seq_len + 1]",
+             "block = pattern[:, :, seq_len : 2 * seq_len, :seq_len]"),
             ("order = results.flatten().argsort()[:k].tolist()", "order = results.flatten().argsort(descending=True)[:k].tolist()"),
         ],
         {"test_induction_score", "test_strongest_senders"},

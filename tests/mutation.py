@@ -1,0 +1,148 @@
+"""Mutation testing of the notebooks' graded tests: plausible wrong answers must lose their points.
+
+A mutant replaces answer cells of a solution notebook (by ``grade_id``) with a wrong answer and
+names the test cells (by ``grade_id``) that must then fail. ``tests/mutants/nbXX.py`` lists them
+for notebook XX as ``MUTANTS = [Mutant(label=..., cells={answer_id: source}, fails=[test_id, ...])]``.
+
+:class:`NotebookRun` executes a solution notebook once, in this process, on the default (embedded)
+model, as the judge does: the answer cells, the locked cells the tests and answers need, and every
+test cell with its hidden tests (cells that only show results are left to the report's run).
+Each mutant then re-executes only its replacement cells in a copy of that namespace and runs the
+named test cells (visible and hidden code) there; each must raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: notebook -> (caught, tried) in this session, printed at the end of `make test`.
+SCORES: dict[str, tuple[int, int]] = {}
+
+
+@dataclass
+class Mutant:
+    label: str
+    cells: dict[str, str]
+    fails: list[str] = field(default_factory=list)
+
+
+class NotebookRun:
+    """One in-process execution of a solution notebook, reusable by many mutants."""
+
+    def __init__(self, assignment: str):
+        os.environ.setdefault("PLOTLY_RENDERER", "json")
+        os.environ["IOI_ANOMALIES_MODEL"] = "embedded"
+        self.assignment = assignment
+        nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+        self.order: list[str] = []
+        self.source: dict[str, str] = {}
+        self.kind: dict[str, str] = {}
+        self.ns: dict = {"__name__": "__main__"}
+        self.test_errors: dict[str, str] = {}
+        self.locked: set[str] = set()
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            meta = cell.metadata.get("nbgrader", {})
+            gid = meta.get("grade_id") or f"cell-{i}"
+            self.order.append(gid)
+            self.source[gid] = cell.source
+            self.kind[gid] = "test" if meta.get("grade") else "answer" if meta.get("solution") else "locked"
+            if meta.get("locked"):
+                self.locked.add(gid)
+        needed = self._needed()
+        for gid in self.order:
+            if self.kind[gid] == "test":
+                err = self.run_test(gid, self.ns)
+                if err:
+                    self.test_errors[gid] = err
+            elif gid in needed:
+                try:
+                    self._exec(self.source[gid], gid, self.ns)
+                except NameError:
+                    if self.kind[gid] == "answer":
+                        raise
+                    # a locked cell that reads results of a skipped display cell: no test needs it
+
+    def _needed(self) -> set[str]:
+        """Answer cells, and the locked cells that tests or answers use (as the judge runs them);
+        cells that only show results (plots, sweeps, summaries) are skipped."""
+        from grader.intake import defined_names, used_names
+
+        need: set[str] = set()
+        out: set[str] = set()
+        for gid in reversed(self.order):
+            kind, code = self.kind[gid], self.source[gid]
+            if kind == "test":
+                need |= used_names(code)
+            elif kind == "answer" or (kind == "locked" and gid in self.locked and defined_names(code) & need):
+                out.add(gid)
+                need |= used_names(code)
+        return out
+
+    @property
+    def answer_ids(self) -> list[str]:
+        return [g for g in self.order if self.kind[g] == "answer"]
+
+    @property
+    def test_ids(self) -> list[str]:
+        return [g for g in self.order if self.kind[g] == "test"]
+
+    def _exec(self, code: str, name: str, ns: dict) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, f"<{self.assignment}:{name}>", "exec"), ns)
+
+    def run_test(self, test_id: str, ns: dict, key: bytes = b"") -> str | None:
+        """None if the test cell passes in (a copy of) ``ns``, else the reason it failed.
+
+        ``key`` is the submission key the hidden tests draw their inputs from (as the judge sets it).
+        """
+        from grader.hidden import use_submission
+
+        use_submission(key)
+        try:
+            self._exec(self.source[test_id], test_id, dict(ns))
+        except Exception as e:  # noqa: BLE001 - any failure of a test is a lost point
+            return f"{type(e).__name__}: {e}".strip()[:300] or traceback.format_exc()[-300:]
+        finally:
+            use_submission(b"")
+        return None
+
+    def survivors(self, mutant: Mutant) -> list[str]:
+        """The tests named by ``mutant`` that still pass with its wrong answers."""
+        unknown = (set(mutant.cells) - set(self.answer_ids)) | (set(mutant.fails) - set(self.test_ids))
+        if unknown:
+            raise KeyError(f"mutant {mutant.label!r} names cells that are not answer/test cells: {sorted(unknown)}")
+        ns = dict(self.ns)
+        for gid in self.order:
+            if gid in mutant.cells:
+                try:
+                    self._exec(mutant.cells[gid], gid, ns)
+                except Exception:  # noqa: BLE001 - a broken answer cell: its tests must still fail
+                    pass
+        return [t for t in mutant.fails if self.run_test(t, ns) is None]
+
+
+def solution_source(assignment: str, grade_id: str) -> str:
+    nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
+    return cell.source
+
+
+def edit(assignment: str, grade_id: str, *replacements: tuple[str, str]) -> dict[str, str]:
+    """``{grade_id: the solution cell with each (old, new) replaced}``; each ``old`` must occur."""
+    src = solution_source(assignment, grade_id)
+    for old, new in replacements:
+        if old not in src:
+            raise ValueError(f"{old!r} is not in the solution cell {grade_id!r}")
+        src = src.replace(old, new)
+    return {grade_id: src}

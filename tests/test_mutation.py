@@ -1,0 +1,60 @@
+"""Every graded test of the series fails plausible wrong answers (mutation testing).
+
+For each notebook with a ``tests/mutants/nbXX.py``, the solution is executed once in this process
+on the embedded model (``tests/mutation.py``); the solution must pass every test cell, and each
+mutant must fail every test it names. The mutation score (mutants caught / tried) is printed at
+the end of the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from tests.mutation import ROOT, SCORES, NotebookRun
+
+ASSIGNMENTS = {p.name[:2]: p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()}
+MUTANT_FILES = sorted(p.stem for p in (Path(__file__).parent / "mutants").glob("nb[0-9][0-9].py"))
+CASES = [(f, m) for f in MUTANT_FILES for m in importlib.import_module(f"tests.mutants.{f}").MUTANTS]
+
+_runs: dict[str, NotebookRun] = {}
+
+
+def run_of(file: str) -> NotebookRun:
+    if file not in _runs:
+        _runs[file] = NotebookRun(ASSIGNMENTS[file[2:]])
+    return _runs[file]
+
+
+@pytest.mark.parametrize("file", MUTANT_FILES)
+def test_the_solution_passes_every_test(file):
+    run = run_of(file)
+    assert run.test_ids, "the notebook has graded tests"
+    assert not run.test_errors, run.test_errors
+
+
+@pytest.mark.parametrize("file", MUTANT_FILES)
+def test_the_solution_passes_for_other_submission_keys(file):
+    """Hidden tests draw other inputs for every submission; the right answer passes them all."""
+    run = run_of(file)
+    for key in (b"another student",):
+        failed = {t: err for t in run.test_ids if (err := run.run_test(t, run.ns, key))}
+        assert not failed, (key, failed)
+
+
+@pytest.mark.parametrize("file", MUTANT_FILES)
+def test_every_graded_test_has_mutants(file):
+    run = run_of(file)
+    named = {t for f, m in CASES if f == file for t in m.fails}
+    assert named == set(run.test_ids), f"tests without a mutant: {sorted(set(run.test_ids) - named)}"
+
+
+@pytest.mark.parametrize("file,mutant", CASES, ids=[f"{f}: {m.label}" for f, m in CASES])
+def test_mutant_is_caught(file, mutant):
+    run = run_of(file)
+    survivors = run.survivors(mutant)
+    caught, tried = SCORES.get(file, (0, 0))
+    SCORES[file] = (caught + (not survivors), tried + 1)
+    assert not survivors, f"{mutant.label!r} still passes {survivors}"
