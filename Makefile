@@ -7,7 +7,7 @@ MODEL ?=
 export PYTHONHASHSEED := 0
 
 JOBS ?=
-.PHONY: setup system-deps test demo bench bench-grader bench-cluster clean release validate lab handout autograde feedback export formgrader manual-sheet manual-import examples report
+.PHONY: setup system-deps test test-fast demo bench bench-grader bench-cluster clean release validate lab handout autograde feedback export formgrader manual-sheet manual-import examples report
 
 # bubblewrap sandboxes student code while it is graded; chromium checks the web report.
 SYSTEM_PACKAGES := bubblewrap chromium chromium-driver
@@ -32,6 +32,11 @@ setup: system-deps $(STAMP)
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: everything but the end-to-end tests marked slow (sandboxed grading of whole
+# notebooks, the browser, the hand-out install). `make test` runs them all.
+test-fast: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The model at work, the expected-output pages (build/report/, which the notebooks link), then the
 # instructor's tour: release, grade the example class, print the table.

@@ -25,7 +25,6 @@ from pathlib import Path
 from .config import ROOT, Config
 from .intake import IntakeError, Source, find_notebook, list_files, plan
 
-STATUSES = ("graded", "tampered", "timeout", "crashed", "missing", "invalid_notebook", "grader_error")
 SUBMISSION_LIMIT = 50 << 20  # bytes copied into the sandbox per submission
 
 

@@ -22,7 +22,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
@@ -95,13 +94,12 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
     (workdir / "course").mkdir(parents=True)
     print("1. release: solutions/ -> student notebooks (nbgrader generate_assignment)")
     env = venv_env()
-    with tempfile.TemporaryDirectory():
-        for a in sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()):
-            r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=ERROR",
-                                f"--CourseDirectory.release_directory={workdir / 'release'}",
-                                f"--CourseDirectory.db_url=sqlite:///{workdir / 'course' / 'gradebook.db'}"],
-                               cwd=ROOT, capture_output=True, text=True, env=env)
-            print(f"   {a}: {'ok' if r.returncode == 0 else 'FAILED ' + r.stderr[-500:]}")
+    for a in sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()):
+        r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=ERROR",
+                            f"--CourseDirectory.release_directory={workdir / 'release'}",
+                            f"--CourseDirectory.db_url=sqlite:///{workdir / 'course' / 'gradebook.db'}"],
+                           cwd=ROOT, capture_output=True, text=True, env=env)
+        print(f"   {a}: {'ok' if r.returncode == 0 else 'FAILED ' + r.stderr[-500:]}")
     cfg = load().with_(submitted=EXAMPLES, roster=EXAMPLES / "roster.csv", results=workdir / "results", course=workdir / "course",
                        grades=workdir / "grades.csv", feedback=workdir / "feedback", jobs=jobs)
     print(f"2. autograde the example class in grader/examples/ ({cfg.n_jobs} workers, model: {cfg.model}, sandbox: {cfg.sandbox})")

@@ -10,7 +10,6 @@ database, so a crash never leaves half of it.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
@@ -185,7 +184,3 @@ def set_manual(cfg: Config, rows: list[tuple[str, str, str, float, str]]) -> Non
                 raise
 
     _retry(write)
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, default=str)
