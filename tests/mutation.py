@@ -74,8 +74,9 @@ class NotebookRun:
                     # a locked cell that reads results of a skipped display cell: no test needs it
 
     def _needed(self) -> set[str]:
-        """Answer cells, and the locked cells that tests or answers use (as the judge runs them);
-        cells that only show results (plots, sweeps, summaries) are skipped."""
+        """Answer cells, and the other cells whose names tests or answers use (the judge takes those
+        from locked cells it runs itself or from the student's process); cells that only show
+        results (plots, sweeps, summaries) are skipped."""
         from grader.intake import defined_names, used_names
 
         need: set[str] = set()
@@ -84,7 +85,7 @@ class NotebookRun:
             kind, code = self.kind[gid], self.source[gid]
             if kind == "test":
                 need |= used_names(code)
-            elif kind == "answer" or (kind == "locked" and gid in self.locked and defined_names(code) & need):
+            elif kind == "answer" or (kind == "locked" and defined_names(code) & need):
                 out.add(gid)
                 need |= used_names(code)
         return out
