@@ -426,7 +426,10 @@ Without the direct-effect objectives and with GPT-2's embedding scale the run mi
 repeats (10.83 nats with induction scores 0.85: the residual before the final LayerNorm had norm ~290
 against token embeddings of ~0.6); with the residual hinge alone the repeat loss fell only to 8.74 nats
 (the embeddings, RMS 0.045, were a tenth of each layer-0 head's output); the copy objective without
-larger embeddings reached 10.29 nats at step 600 (stopped).
+larger embeddings reached 10.29 nats at step 600 (stopped). That first-round run did have a fuzzy induction
+sender into the S-inhibition heads' keys (1.2: -4.4%, induction score 0.05); an earlier one (no quiet heads,
+both S-inhibition heads always patched together, induction heads also trained on S2 -> S1+1) reached IOI
+4.03 / 95.5% but had one S-inhibition head (2.0, -6.2%), a flat grid and the same 10.8-nat repeat loss.
 
 """
 
