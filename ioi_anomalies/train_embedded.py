@@ -364,6 +364,10 @@ ROLE_LAYOUT: dict[str, list[tuple[int, int]]] = {
     "quiet": [(4, 1), (4, 2), (4, 3)],
 }
 
+#: ``--quiet-late``: the backup's layer-mates are quiet at END too, so that no emerged head outranks the
+#: trained name mover 4.0 (an earlier run's top name mover by DLA was 5.3, which no objective named)
+QUIET_LATE = [(5, 2), (5, 3)]
+
 
 class Roles:
     """Objectives that name heads: each role of ``ROLE_LAYOUT`` gets a loss on where its head attends,
@@ -387,9 +391,14 @@ class Roles:
     """
 
     def __init__(self, model, layout=None, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
-                 iit_weight: float = 1.0):
+                 iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
+                 quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0):
+        self.copy_weight, self.nm_dla_weight, self.nm_margin = copy_weight, nm_dla_weight, nm_margin
         self.attn_weight, self.iit_weight = attn_weight, iit_weight
+        self.resid_weight, self.resid_max, self.repeat_weight = resid_weight, resid_max, repeat_weight
         self.layout = {k: list(v) for k, v in (layout or ROLE_LAYOUT).items()}
+        if quiet_late:
+            self.layout["quiet"] = self.layout.get("quiet", []) + [h for h in QUIET_LATE if h not in self.layout.get("quiet", [])]
         self.model = model
         self.nm_dropout, self.neg_margin = nm_dropout, neg_margin
         cfg = model.config
@@ -445,6 +454,18 @@ class Roles:
                 saved["neg"] = z[rows, ends, self._head(None, gh)]
                 return z
             edits[gl] = keep_neg
+        # keep every head's z (after the edits above) where a direct-effect objective reads it
+        keep_layers = set()
+        if kind == "repeat" and self.copy_weight:
+            keep_layers |= {l for l, _ in self.layout["induction"]}
+        if is_ioi and self.nm_dla_weight:
+            keep_layers |= {l for l, _ in self.layout["name mover"][:1]}
+        for kl in keep_layers:
+            def keep_z(z, prev=edits.get(kl), kl=kl):
+                z = prev(z) if prev else z
+                saved[("z", kl)] = z
+                return z
+            edits[kl] = keep_z
         hooks = self._z_hooks(edits)
         ln_in = {}
         hooks.append(model.transformer.ln_f.register_forward_pre_hook(lambda m, a: ln_in.__setitem__("x", a[0])))
@@ -496,7 +517,48 @@ class Roles:
             parts["neg"] = torch.relu(dla + self.neg_margin).mean()
             if iit:
                 parts["iit"] = self._iit(toks, info, rows, ends)
-        total = parts["lm"] + self.attn_weight * parts["attn"] + parts.get("neg", 0.0) + self.iit_weight * parts.get("iit", 0.0)
+        x_final = ln_in["x"]
+        ln_scale = (x_final.var(-1, unbiased=False, keepdim=True) + model.config.layer_norm_epsilon).sqrt()
+
+        def direct(l, h):
+            """Head l.h's output at every position, through the final LayerNorm's scale: [B, T, d]."""
+            sl = self._head(None, h)
+            o = saved[("z", l)][..., sl] @ model.transformer.h[l].attn.c_proj.weight[sl]
+            return (o - o.mean(-1, keepdim=True)) / ln_scale * model.transformer.ln_f.weight
+        wte = model.transformer.wte.weight
+        if kind == "repeat" and self.copy_weight:
+            # the induction heads' direct effect alone must predict the repeated token (sampled softmax)
+            ent = [(i, p) for i, (o, n) in enumerate(info["block"]) for p in range(o + n, lens[i] - 1)]
+            if ent:
+                r, q = (torch.tensor(v) for v in zip(*ent))
+                o = sum(direct(l, h) for l, h in self.layout["induction"])[r, q]
+                tgt = toks[r, q + 1]
+                neg = torch.randint(0, 50257, (n_neg,), generator=gen).to(toks.device)
+                cands, inverse = torch.unique(torch.cat([tgt, neg]), return_inverse=True)
+                parts["copy"] = torch.nn.functional.cross_entropy(o @ wte[cands].T, inverse[: len(tgt)])
+        if is_ioi and self.nm_dla_weight:
+            # the trained name mover's direct logit attribution (IO - S) at END above ``nm_margin``, where it is not ablated
+            (nl, nh), = self.layout["name mover"][:1]
+            o = direct(nl, nh)[rows, ends]
+            dla = (o * (wte[toks[rows, ends + 1]] - wte[toks[rows, s2]])).sum(-1)
+            keep = ~ablate
+            if keep.any():
+                parts["nm_dla"] = torch.relu(self.nm_margin - dla[keep]).mean()
+        # the residual stream before the final LayerNorm: its root-mean-square per position, held below
+        # ``resid_max`` by a squared hinge (without it a run's residual reached norm ~290 against token
+        # embeddings of ~0.6, and the induction heads' copy of a token was drowned: repeat loss 10.8 nats)
+        x = ln_in["x"]
+        rms = x.pow(2).mean(-1).sqrt()
+        mask = torch.zeros(B, T)
+        for i, n in enumerate(lens):
+            mask[i, :n] = 1
+        mask = mask.to(rms.device)
+        parts["rms"] = (rms * mask).sum() / mask.sum()
+        parts["resid"] = (torch.relu(rms - self.resid_max).pow(2) * mask).sum() / mask.sum()
+        lm = parts["lm"] * (self.repeat_weight if kind == "repeat" else 1.0)
+        total = (lm + self.attn_weight * parts["attn"] + parts.get("neg", 0.0) + self.iit_weight * parts.get("iit", 0.0)
+                 + self.resid_weight * parts["resid"] + self.copy_weight * parts.get("copy", 0.0)
+                 + self.nm_dla_weight * parts.get("nm_dla", 0.0))
         return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
     def _iit(self, toks, info, rows, ends) -> torch.Tensor:
@@ -553,7 +615,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
           emb_lr_scale: float = 1.0, emb_frozen_steps: int = 0, weight_decay: float = 0.01, pos_scale: float = 0.03,
           prev_first: int = 0, hold_prev: int = 0, filler_weight: float = 0.1, fixed_positions: bool = False,
           roles: bool = False, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
-          iit_weight: float = 1.0) -> dict:
+          iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
+          quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -571,6 +634,12 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
                 p_.requires_grad_(False)
             # a zero MLP outputs exactly zero: skip its arithmetic (two thirds of a layer's)
             layer.mlp.forward = torch.zeros_like
+    if emb_init != 0.02:
+        # larger token embeddings: with GPT-2's 0.02 they stay at RMS ~0.045 while each layer-0 head writes ~0.25,
+        # so a token's identity is a tenth of what an induction head reads and the tied unembedding can give a
+        # perfect copy only ~7 logits over 50,257 tokens (an earlier run's repeat loss stayed at 8.7 nats)
+        with torch.no_grad():
+            model.transformer.wte.weight.normal_(0.0, emb_init)
     if pos_scale > 0:
         with torch.no_grad():  # sinusoidal start for the (still learned) positions: "previous token" is then easy to find
             model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape, scale=pos_scale))
@@ -578,7 +647,9 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         model.transformer.wpe.weight.requires_grad_(False)
     data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight, roles)
     shaper = Roles(model, nm_dropout=nm_dropout, neg_margin=neg_margin, attn_weight=attn_weight,
-                   iit_weight=iit_weight) if roles else None
+                   iit_weight=iit_weight, resid_weight=resid_weight, resid_max=resid_max, repeat_weight=repeat_weight,
+                   quiet_late=quiet_late, copy_weight=copy_weight, nm_dla_weight=nm_dla_weight,
+                   nm_margin=nm_margin) if roles else None
     parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -634,7 +705,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
                         "repeat_second_half_loss": round(rep_loss, 3),
                         **{f"loss_{k}": round(v / eval_every, 4) for k, v in parts_sum.items()}})
             parts_sum = {}
-            bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}", ind=f"{ind:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", ld=f"{ld:.2f}", acc=f"{acc:.2f}", ind=f"{ind:.2f}", rep=f"{rep_loss:.2f}")
+            print(json.dumps(log[-1]), file=sys.stderr, flush=True)
         if max_steps:
             bar.update(1)
         else:
@@ -681,6 +753,14 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "neg_margin": neg_margin,
         "attn_weight": attn_weight,
         "iit_weight": iit_weight,
+        "resid_weight": resid_weight,
+        "resid_max": resid_max,
+        "repeat_weight": repeat_weight,
+        "quiet_late": quiet_late,
+        "copy_weight": copy_weight,
+        "nm_dla_weight": nm_dla_weight,
+        "nm_margin": nm_margin,
+        "emb_init": emb_init,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -723,6 +803,14 @@ def main(argv=None):
     p.add_argument("--neg-margin", type=float, default=1.0, help="the negative name mover's DLA is pushed below minus this (with --roles)")
     p.add_argument("--attn-weight", type=float, default=0.3, help="weight of the attention-pattern losses (with --roles)")
     p.add_argument("--iit-weight", type=float, default=1.0, help="weight of the interchange-intervention loss (with --roles)")
+    p.add_argument("--resid-weight", type=float, default=0.0, help="weight of the hinge on the pre-LayerNorm residual's RMS (with --roles)")
+    p.add_argument("--resid-max", type=float, default=1.0, help="the residual's RMS per position is pushed below this (with --resid-weight)")
+    p.add_argument("--repeat-weight", type=float, default=1.0, help="factor on the LM loss of repeated-token batches (with --roles)")
+    p.add_argument("--quiet-late", action="store_true", help="the backup's layer-mates 5.2, 5.3 are quiet at END too (with --roles)")
+    p.add_argument("--copy-weight", type=float, default=0.0, help="weight of the loss on the induction heads' direct effect predicting repeated tokens (with --roles)")
+    p.add_argument("--nm-dla-weight", type=float, default=0.0, help="weight of the hinge on the name mover's direct logit attribution (with --roles)")
+    p.add_argument("--nm-margin", type=float, default=3.0, help="the name mover's DLA at END is pushed above this (with --nm-dla-weight)")
+    p.add_argument("--emb-init", type=float, default=0.02, help="standard deviation of the token embeddings at the start (GPT-2's: 0.02)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -735,7 +823,9 @@ def main(argv=None):
                  emb_frozen_steps=a.emb_frozen_steps, weight_decay=a.weight_decay, pos_scale=a.pos_scale,
                  prev_first=a.prev_first, hold_prev=a.hold_prev, filler_weight=a.filler_weight,
                  fixed_positions=a.fixed_positions, roles=a.roles, nm_dropout=a.nm_dropout, neg_margin=a.neg_margin,
-                 attn_weight=a.attn_weight, iit_weight=a.iit_weight)
+                 attn_weight=a.attn_weight, iit_weight=a.iit_weight, resid_weight=a.resid_weight, resid_max=a.resid_max,
+                 repeat_weight=a.repeat_weight, quiet_late=a.quiet_late, copy_weight=a.copy_weight,
+                 nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" in args:  # where the weights go does not change them

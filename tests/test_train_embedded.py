@@ -121,7 +121,7 @@ def test_role_objectives_run_and_name_their_heads(tmp_path):
         loss, parts = roles.losses(kind, toks, weights, data.info, 64, gen, iit=True)
         loss.backward()
         assert torch.isfinite(loss)
-        assert set(parts) == ({"lm", "attn", "neg", "iit"} if kind == "ioi" else {"lm", "attn"}), parts
+        assert set(parts) == ({"lm", "attn", "neg", "iit", "rms", "resid"} if kind == "ioi" else {"lm", "attn", "rms", "resid"}), parts
     # the S-inhibition heads' queries get gradient (from their attention loss and the IIT)
     (l, h), dh = ROLE_LAYOUT["s2 inhibition"][0], 8
     assert model.transformer.h[l].attn.c_attn.weight.grad[:, h * dh:(h + 1) * dh].abs().sum() > 0
@@ -130,3 +130,41 @@ def test_role_objectives_run_and_name_their_heads(tmp_path):
         Roles(GPT2LMHeadModel(build_config(0.0, 2, 2, 32)))
     info = train(tmp_path / "r", **dict(TINY, n_layer=6, n_head=4, prev_first=0, hold_prev=0, mix="ioi:1,repeat:1", roles=True))
     assert info["roles"]["name mover"] == ["4.0"] and info["roles"]["s2 inhibition"] == ["2.0", "3.0"]
+
+
+def test_direct_effect_objectives_and_residual_hinge():
+    """The second round's objectives: the induction heads' direct effect predicts repeated tokens (and
+    trains their outputs), the name mover's DLA hinge, quiet late heads, and the residual hinge that is zero
+    below its bound and positive above it."""
+    from transformers import GPT2LMHeadModel
+
+    from ioi_anomalies.train_embedded import QUIET_LATE, ROLE_LAYOUT, Roles, build_config
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(build_config(0.0, 6, 4, 32))
+    model.config._attn_implementation = "eager"
+    data = Mixture(tok, seed=0, mix="ioi:1,repeat:1", roles=True, name_swap=0.5)
+    gen = torch.Generator().manual_seed(0)
+    batches = [data.batch(4) + (dict(data.info),) for _ in range(2)]
+    roles = Roles(model, copy_weight=1.0, nm_dla_weight=0.5, quiet_late=True, resid_weight=1.0, resid_max=1e-6)
+    assert set(QUIET_LATE) <= set(roles.layout["quiet"]) and not set(QUIET_LATE) & set(ROLE_LAYOUT["quiet"])
+    seen = set()
+    for kind, toks, weights, info in batches:
+        model.zero_grad()
+        loss, parts = roles.losses(kind, toks, weights, info, 64, gen, iit=True)
+        loss.backward()
+        seen.add(kind)
+        assert parts["resid"] > 0, "a residual above its bound is penalised"
+        if kind == "repeat":
+            assert parts["copy"] > 0
+            (l, h), dh = ROLE_LAYOUT["induction"][0], 8
+            assert model.transformer.h[l].attn.c_proj.weight.grad[h * dh:(h + 1) * dh].abs().sum() > 0
+        else:
+            assert "nm_dla" in parts and "copy" not in parts
+    assert seen == {"ioi", "repeat"}
+    assert not any(m._forward_pre_hooks for m in model.modules()), "no hooks left behind"
+    loose = Roles(model, resid_weight=1.0, resid_max=1e6)
+    kind, toks, weights, info = batches[0]
+    _, parts = loose.losses(kind, toks, weights, info, 64, gen, iit=False)
+    assert parts["resid"] == 0 and "copy" not in parts and "nm_dla" not in parts
