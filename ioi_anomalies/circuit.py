@@ -1,7 +1,7 @@
 """The IOI circuit: which heads play which role, per model.
 
 GPT-2 small's circuit is the one found by Wang et al. (2022). Other models carry their own
-(the embedded model's is measured by ``python -m ioi_anomalies.model_card`` with this package's
+(the embedded model's is measured by ``python -m tools.model_card`` with this package's
 helpers and stored next to its weights as ``circuit.json``).
 """
 
@@ -67,7 +67,7 @@ def get_circuit(model_or_name) -> dict[str, list[Head]]:
     if path is None:
         raise KeyError(
             f"no circuit is known for model {label!r}: GPT-2 small's is built in; other models need a "
-            "circuit.json next to their weights (see `python -m ioi_anomalies.model_card`)."
+            "circuit.json next to their weights (see `python -m tools.model_card`)."
         )
     return _load_circuit_json(path)
 

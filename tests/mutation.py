@@ -49,6 +49,7 @@ class NotebookRun:
         self.ns: dict = {"__name__": "__main__"}
         self.test_errors: dict[str, str] = {}
         self.locked: set[str] = set()
+        self.grad_mode = True  # the notebook's torch grad mode between its cells
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -99,8 +100,18 @@ class NotebookRun:
         return [g for g in self.order if self.kind[g] == "test"]
 
     def _exec(self, code: str, name: str, ns: dict) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(code, f"<{self.assignment}:{name}>", "exec"), ns)
+        """Run one cell. Torch's global grad mode is the notebook's while its cells run (its set-up
+        cell turns gradients off) and this process's again afterwards, so later tests are unaffected."""
+        import torch
+
+        outside = torch.is_grad_enabled()
+        torch.set_grad_enabled(self.grad_mode)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(code, f"<{self.assignment}:{name}>", "exec"), ns)
+        finally:
+            self.grad_mode = torch.is_grad_enabled()
+            torch.set_grad_enabled(outside)
 
     def run_test(self, test_id: str, ns: dict, key: bytes = b"") -> str | None:
         """None if the test cell passes in (a copy of) ``ns``, else the reason it failed.

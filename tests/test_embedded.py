@@ -78,7 +78,7 @@ def test_circuit_is_complete_and_consistent(embedded):
 
 
 # ---------------------------------------------------------------- issue 15's table, measured live
-from ioi_anomalies.model_card import TARGETS, load_seconds, measure, package_size_mb, target_rows  # noqa: E402
+from tools.model_card import TARGETS, load_seconds, measure, package_size_mb, target_rows  # noqa: E402
 
 #: Rows the shipped model misses today (the model card says by how much). A row that starts to
 #: pass fails its xfail (strict): then take it out of this set.
@@ -115,7 +115,7 @@ def test_recorded_circuit_is_the_measured_one(card_rows):
     measured, rows = card_rows
     raw = json.loads((embedded_model_dir() / "circuit.json").read_text())
     live = {k: [list(h) for h in v] for k, v in measured["circuit"].items()}
-    assert raw["circuit"] == live, "regenerate with `python -m ioi_anomalies.model_card`"
+    assert raw["circuit"] == live, "regenerate with `python -m tools.model_card`"
     assert raw["named"] == {k: [list(h) for h in v] for k, v in measured["named"].items()}
     assert [r["key"] for r in raw["targets"]] == [k for k, _, _ in TARGETS]
     recorded = {r["key"]: r["ok"] for r in raw["targets"] if r["key"] != "size_load"}  # load time varies with the machine

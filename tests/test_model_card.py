@@ -7,7 +7,7 @@ import torch
 
 from grader.references import nb02, nb03
 from ioi_anomalies import head_dla, logit_diff, mean_z_by_template
-from ioi_anomalies.model_card import _end_ablation_hooks, _ln_scale_ratio, _patched_logits, dla_after_ablation
+from tools.model_card import _end_ablation_hooks, _ln_scale_ratio, _patched_logits, dla_after_ablation
 
 
 def test_ablation_helpers_match_the_references(model, ioi, abc):

@@ -1,6 +1,6 @@
 """Measure the embedded model and (re)write its circuit and model card.
 
-    python -m ioi_anomalies.model_card [--model DIR]
+    python -m tools.model_card [--model DIR]
 
 Everything is measured with this package's own helpers on prompts the training never used
 (seed 2026 and up), and written next to the weights: ``circuit.json`` (read by
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import (
+from ioi_anomalies import (
     ABC_FLIP,
     FLIP_GRID,
     IOIDataset,
@@ -30,9 +30,9 @@ from . import (
     path_patch_heads_to_heads,
     repeated_token_loss,
 )
-from .attribution import final_ln_scale
-from .hooks import run_and_cache
-from .models import EMBEDDED_MODEL, embedded_model_dir
+from ioi_anomalies.attribution import final_ln_scale
+from ioi_anomalies.hooks import run_and_cache
+from ioi_anomalies.models import EMBEDDED_MODEL, embedded_model_dir
 
 EVAL_SEED = 2026
 Head = tuple[int, int]
@@ -175,7 +175,7 @@ def measure(model) -> dict:
                                                       if l < pp_k.shape[0]}
     named = {"fuzzy induction": fuzzy, "attention view": induction[:2]}
     naive = ld - dla[top].item()
-    from .attribution import component_dla
+    from ioi_anomalies.attribution import component_dla
 
     values, labels = component_dla(model, small)
     heads_total = sum(v for v, lab in zip(values.tolist(), labels) if "." in lab)
@@ -189,7 +189,7 @@ def measure(model) -> dict:
         "largest_rises": {f"{l}.{h}": round(rise[l, h].item(), 4) for l, h in backup},
     }
     # positional vs token signal of the S-inhibition heads (3x2 grid of logit differences)
-    from .path_patching import path_patch_senders
+    from ioi_anomalies.path_patching import path_patch_senders
 
     grid = torch.zeros(3, 2)
     for (row, col), flip in FLIP_GRID.items():
@@ -594,7 +594,7 @@ def write_card(model_dir: Path, measured: dict) -> str:
     grid = r["positional_vs_token_grid"]
     card = f"""# {EMBEDDED_MODEL}: a small GPT-2 that does IOI, shipped for offline use
 
-*This file is written by `python -m ioi_anomalies.model_card`; every number below is measured.*
+*This file is written by `python -m tools.model_card`; every number below is measured.*
 
 ## Issue 15's targets, measured
 {format_rows(measured["targets"]) if measured.get("targets") else "(not measured)"}
