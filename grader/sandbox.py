@@ -8,7 +8,7 @@ What is enforced on Linux (see the README's grader section):
   ``HF_HUB_CACHE``), and the submission read-only. The
   repository, solutions, hidden tests, the gradebook and other submissions are not there.
 - disk: everything it can write is memory that vanishes with it: its home (a copy of the
-  submission) and its private ``/tmp`` (``TMPDIR``) share one tmpfs of ``disk_mb``; ``/dev/shm``
+  submission) and its private ``/tmp`` (``TMPDIR``) are tmpfs of ``disk_mb`` each; ``/dev/shm``
   is a tmpfs of 64 MiB. Nothing lands on the host's disk.
 - network: none (a new, empty network namespace); also new PID, IPC and UTS namespaces, and the
   process dies with the grader.
@@ -107,7 +107,7 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
 
     In the sandbox, everything writable is memory of bounded size that vanishes with it: the home
     (``/home/student``, a tmpfs of ``disk_mb`` holding a copy of the submission, which is mounted
-    read-only at ``/submission``), ``/tmp`` (inside the same tmpfs, mode 1777, ``TMPDIR``) and
+    read-only at ``/submission``), ``/tmp`` (a tmpfs of ``disk_mb`` too, mode 1777, ``TMPDIR``) and
     ``/dev/shm``. Nothing the notebook writes lands on the host.
     What the process prints outside Python (C libraries, a crash) goes to ``log``.
     """
@@ -126,7 +126,7 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, or set sandbox = \"none\" "
                                      "in grader/grader_config.toml to grade trusted notebooks without a sandbox")
         home = Path("/home/student")
-        tmp = home / ".tmp"
+        tmp = Path("/tmp")
         as_root = os.getuid() == 0
         disk = str(int(cfg.disk_mb) << 20)
         cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -137,7 +137,10 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
         for sys_dir in ("/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin"):
             if os.path.exists(sys_dir):
                 cmd += ["--ro-bind", sys_dir, sys_dir] if not os.path.islink(sys_dir) else ["--symlink", os.readlink(sys_dir), sys_dir]
-        made: set[str] = set()
+        # /tmp first, as its own tmpfs: read-only folders that live under /tmp on the host (a checkout
+        # in /tmp/...) are then bound inside it
+        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", str(tmp)]
+        made: set[str] = {str(tmp)}
 
         def parents(dest: Path) -> list[str]:  # bwrap would make them 0700, unreadable once we are nobody
             out = []
@@ -152,9 +155,7 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
         cmd += ["--ro-bind", str(workdir), str(SUBMISSION)]
         if cfg.model != "embedded" and hf_hub_cache().is_dir():
             cmd += parents(HF_HUB) + ["--ro-bind", str(hf_hub_cache().resolve()), str(HF_HUB)]
-        cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home),
-                                "--perms", "1777", "--dir", str(tmp), "--symlink", str(tmp), "/tmp",
-                                "--chdir", str(home), "--clearenv"]
+        cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home), "--chdir", str(home), "--clearenv"]
         env = worker_env(cfg, home, str(tmp))
         for k, v in env.items():
             cmd += ["--setenv", k, v]
