@@ -282,14 +282,7 @@ def sinusoidal_positions(n_positions: int, d_model: int, scale: float = 0.03) ->
 
 
 def sampled_loss(model, toks, weights, n_neg: int, gen: torch.Generator):
-    hidden = model.transformer(toks).last_hidden_state[:, :-1]
-    targets = toks[:, 1:]
-    neg = torch.randint(0, 50257, (n_neg,), generator=gen).to(toks.device)
-    cands, inverse = torch.unique(torch.cat([targets.reshape(-1), neg]), return_inverse=True)
-    target_idx = inverse[: targets.numel()].view_as(targets)
-    logits = hidden @ model.transformer.wte.weight[cands].T
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_idx.flatten(), reduction="none")
-    return (nll.view_as(targets) * weights).sum() / weights.sum()
+    return _sampled_from_hidden(model, model.transformer(toks).last_hidden_state[:, :-1], toks, weights, n_neg, gen)
 
 
 @torch.no_grad()

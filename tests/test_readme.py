@@ -49,8 +49,8 @@ def test_every_make_target_and_module_in_the_readme_exists():
     assert seen_make >= 10 and seen_mod >= 3
 
 
-@pytest.mark.parametrize("module", CLIS)
-def test_every_command_line_option_has_help(module, monkeypatch, capsys):
+def _options_without_help(monkeypatch) -> list:
+    """Record, from now on, every argparse option added without help text."""
     missing = []
     original = argparse._ActionsContainer.add_argument
 
@@ -60,6 +60,12 @@ def test_every_command_line_option_has_help(module, monkeypatch, capsys):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(argparse._ActionsContainer, "add_argument", add_argument)
+    return missing
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_command_line_option_has_help(module, monkeypatch, capsys):
+    missing = _options_without_help(monkeypatch)
     with pytest.raises(SystemExit) as e:
         importlib.import_module(module).main(["--help"])
     assert e.value.code == 0
@@ -68,15 +74,7 @@ def test_every_command_line_option_has_help(module, monkeypatch, capsys):
 
 def test_the_help_check_catches_an_option_without_help(monkeypatch):
     """Control for the test above."""
-    missing = []
-    original = argparse._ActionsContainer.add_argument
-
-    def add_argument(self, *args, **kwargs):
-        if not kwargs.get("help") and args != ("-h", "--help"):
-            missing.append(args)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(argparse._ActionsContainer, "add_argument", add_argument)
+    missing = _options_without_help(monkeypatch)
     argparse.ArgumentParser().add_argument("--bare")
     assert missing == [("--bare",)]
 
