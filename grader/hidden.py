@@ -8,13 +8,33 @@ solution notebook, the report, the test suite) the key is empty and the seeds ar
 
 Hidden tests must pass for *every* seed: choose inputs whose correct answers are non-trivial
 (receivers with senders below them, values that differ from zeros) whatever the draw.
+
+The keys come from a small pool per assignment (:func:`pooled`): ``POOL_SIZE`` keys derived from
+the course secret and the assignment, of which the submission's own key picks one. Two
+submissions draw different inputs unless they land on the same key of the pool, and the judge can
+keep the references of each key (``grader/refcache.py``) instead of recomputing them per submission.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
+POOL_SIZE = 8
 _key: bytes = b""
+
+
+def pooled(secret: bytes, assignment: str, submission_key: bytes, size: int = POOL_SIZE) -> bytes:
+    """The key of the assignment's pool that ``submission_key`` picks (``size`` keys from the course secret)."""
+    if size < 1:
+        raise ValueError(f"the pool needs at least one key, not {size}")
+    pick = int.from_bytes(hashlib.sha256(b"pick\0" + bytes(submission_key)).digest()[:8], "big") % size
+    return hmac.new(bytes(secret), f"hidden-test pool\0{assignment}\0{pick}".encode(), hashlib.sha256).digest()
+
+
+def current_key() -> bytes:
+    """The key the seeds derive from now (empty outside the judge)."""
+    return _key
 
 
 def use_submission(key: bytes) -> None:

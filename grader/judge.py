@@ -9,10 +9,10 @@ the work, cell by cell in the source notebook's order:
 - the **judge** (this module, trusted) runs the locked cells the tests depend on and every test,
   taken from the source notebook. A student name used by a test (a function, a variable) is
   looked up in the worker: functions become handles that call across, values come back as
-  tensors and plain data only (``torch.load(weights_only=True)``), and objects of the project's
-  own classes are rebuilt here from their state. ``check_close``, ``assert``, ``torch`` and the
-  reference helpers that decide the grade all live in this process, where the student's code never
-  ran.
+  tensors and plain data only (``torch.load(weights_only=True)``), and objects of the data types
+  the package declares (``ioi_anomalies.grading``) are rebuilt here from their fields.
+  ``check_close``, ``assert``, ``torch`` and the reference helpers that decide the grade all live
+  in this process, where the student's code never ran.
 
 A test passes when it raises nothing; warnings are ignored. When the worker hangs past the wall
 time or dies, the tests already judged keep their points and the rest are marked ungraded.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import importlib
 import io
 import os
 import pickle
@@ -34,6 +33,8 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+
+from ioi_anomalies import grading  # the package's declared protocol: data types, recipes, parts
 
 from .config import Config
 from .intake import HIDDEN, Plan, defined_names, used_names
@@ -113,9 +114,8 @@ class Conn:
         if type(obj) in _SCALARS or isinstance(obj, Handle):
             return
         self.shared[name], self.shared_ids[id(obj)] = obj, name
-        tok = getattr(obj, "tokenizer", None) if not isinstance(obj, (dict, list, tuple, type)) else None
-        if tok is not None:
-            self.shared[name + ".tokenizer"], self.shared_ids[id(tok)] = tok, name + ".tokenizer"
+        for part, value in grading.parts(obj).items():  # e.g. a model's tokenizer, known as "model.tokenizer"
+            self.shared[f"{name}.{part}"], self.shared_ids[id(value)] = value, f"{name}.{part}"
 
     def send(self, op: str, **args) -> None:
         import torch
@@ -127,8 +127,9 @@ class Conn:
             def persistent_id(self, obj):
                 if isinstance(obj, Handle):
                     return ("handle", obj._id)
-                if isinstance(obj, torch.nn.Module) and isinstance(getattr(obj, "recipe", None), tuple):
-                    return ("recipe", obj.recipe)  # a model the worker can rebuild, e.g. random_model(...)
+                recipe = grading.recipe_of(obj)
+                if recipe is not None:
+                    return ("recipe", recipe)  # made by a constructor the package declares: the worker makes the same one
                 name = conn.shared_ids.get(id(obj))
                 if name is not None and conn.shared.get(name) is obj:
                     return ("shared", name)
@@ -232,26 +233,17 @@ class Conn:
         raise NotPlainData("the answer uses a dict key or set item that is not a number, a string or a tuple of them")
 
     def _object(self, v, depth: int, budget: list):
-        import torch
-
+        """An object of a data type the package declares (``ioi_anomalies.grading``), rebuilt from checked fields."""
         name, state = v["__ioi_object__"], v["state"]
         if type(name) is not str or type(state) is not dict:
             raise NotPlainData("malformed project object")
-        mod, _, qual = name.partition(":")
-        if mod.split(".")[0] != "ioi_anomalies" or not qual.isidentifier():
-            raise NotPlainData(f"the answer holds an object of an unexpected type ({name[:100]})")
-        try:
-            cls = getattr(importlib.import_module(mod), qual)
-        except Exception as e:  # noqa: BLE001
-            raise NotPlainData(f"the answer holds an object of an unknown type ({name[:100]})") from e
-        if not isinstance(cls, type) or cls.__module__ != mod or issubclass(cls, (torch.nn.Module, BaseException)):
+        if name not in grading.DATA_TYPES:
             raise NotPlainData(f"the answer holds an object of an unexpected type ({name[:100]})")
         fields = self._imp(state, depth + 1, budget)
-        if not all(type(k) is str and k.isidentifier() for k in fields):
-            raise NotPlainData("malformed project object")
-        obj = cls.__new__(cls)
-        obj.__dict__.update(fields)
-        return obj
+        try:
+            return grading.from_state(name, fields)
+        except grading.NotRebuildable:
+            raise NotPlainData("malformed project object") from None
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -454,6 +446,33 @@ class Judge:
         self.plan, self.cfg, self.workdir, self.key = plan, cfg, workdir, key
         self.ns: dict = {"__name__": "__main__"}
         self.fetched: set[str] = set()
+        self.timings: dict[str, float] = {}
+        self.steps: dict[str, dict[str, float]] = {}
+        self._first_reply = True
+
+    # ---- where the time goes (``timings`` in the result; ``python -m grader.bench --profile``)
+    def _time(self, what: str, step: str, seconds: float) -> None:
+        self.timings[what] = self.timings.get(what, 0.0) + seconds
+        self.steps.setdefault(step, {})[what] = self.steps.get(step, {}).get(what, 0.0) + seconds
+
+    def _time_worker(self, step: str, reply: dict, waited: float) -> None:
+        ran = reply.get("seconds")
+        ran = float(ran) if type(ran) in (int, float) and 0 <= ran <= waited + 1 else waited
+        if self._first_reply:  # the worker's interpreter start and imports come before its first answer
+            self._first_reply = False
+            self._time("worker_boot_s", step, max(0.0, waited - ran))
+        self._time("worker_cells_s", step, ran)
+
+    def timing_summary(self, total: float) -> dict:
+        from . import refcache
+
+        out = {k: round(v, 3) for k, v in sorted(self.timings.items())}
+        out["judge_boot_s"] = round(_process_age() - total, 3) if _process_age() is not None else None
+        out["references_s"] = round(refcache.stats["seconds"], 3)
+        out["reference_cache"] = {k: v for k, v in refcache.stats.items() if k != "seconds"}
+        out["total_s"] = round(total, 3)
+        out["steps"] = {k: {w: round(x, 3) for w, x in v.items()} for k, v in self.steps.items()}
+        return out
 
     def needed_trusted(self) -> set[int]:
         """Locked cells whose names the tests use (directly or through other locked cells)."""
@@ -508,7 +527,9 @@ class Judge:
         tests: dict[str, dict] = {}
         cell_errors: list[dict] = []
         status, reason, log_tail = "graded", [], ""
+        t = time.monotonic()
         proc, sock = start_worker(self.workdir, cfg, log)
+        self.timings["worker_start_s"] = time.monotonic() - t
         conn = Conn(proc, sock, deadline, log)
         needed = self.needed_trusted()
         _arm_wall_clock(deadline)
@@ -516,12 +537,17 @@ class Judge:
             for i, step in enumerate(plan.steps):
                 if step.kind == "trusted":
                     share = sorted(defined_names(step.code)) if i in needed else []
+                    t = time.monotonic()
                     conn.send("exec", code=step.code, name=step.name, share=share)
                     # the judge runs its own copy meanwhile, or after the worker when it needs the student's names
                     overlap = i in needed and not (used_names(step.code) - defined_names(step.code) - set(self.ns))
                     if overlap:
                         self._exec_trusted(conn, step, share)
+                        self._time("judge_locked_cells_s", step.name, time.monotonic() - t)
+                    t_wait = time.monotonic()
                     reply = conn.recv()
+                    self._time_worker(step.name, reply, time.monotonic() - t_wait)
+                    t = time.monotonic()
                     if not reply.get("ok"):
                         cell_errors.append({"cell": step.name, **(reply.get("error") or {})})
                     if i in needed and not overlap:
@@ -537,13 +563,18 @@ class Judge:
                         except GraderError as e:  # a locked cell fed with the student's answers: their answers' fault
                             if reply.get("ok"):
                                 cell_errors.append({"cell": step.name, "ename": "Error", "evalue": str(e), "traceback": ""})
+                        self._time("judge_locked_cells_s", step.name, time.monotonic() - t)
                 elif step.kind == "student":
+                    t_wait = time.monotonic()
                     conn.send("exec", code=step.code, name=step.name)
                     reply = conn.recv()
+                    self._time_worker(step.name, reply, time.monotonic() - t_wait)
                     if not reply.get("ok"):
                         cell_errors.append({"cell": step.name, **(reply.get("error") or {})})
                 else:
+                    t = time.monotonic()
                     tests[step.name] = self.run_test(conn, step)
+                    self._time("tests_s", step.name, time.monotonic() - t)
         except (WorkerGone, GraderError) as e:
             _disarm_wall_clock()
             status = e.status if isinstance(e, WorkerGone) else "grader_error"
@@ -573,6 +604,7 @@ class Judge:
             "tests": tests,
             "cell_errors": cell_errors,
             "duration_s": round(time.monotonic() - started, 2),
+            "timings": self.timing_summary(time.monotonic() - started),  # where the time went (``make bench``)
             "worker_log": log_tail,  # for the instructor; never shown in feedback
         }
 
@@ -601,8 +633,42 @@ class Judge:
         return {**base, "score": step.points, "state": "passed", "message": "passed"}
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), else None."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+REFERENCE_CACHE_ENV = "IOI_GRADER_REFERENCE_CACHE"
+
+
+def reference_cache_dir(cfg: Config) -> Path | None:
+    """Where hidden-test references are kept: ``$IOI_GRADER_REFERENCE_CACHE`` (``off``: nowhere), else ``<course>/.cache/references``."""
+    where = os.environ.get(REFERENCE_CACHE_ENV, "")
+    if where.lower() == "off":
+        return None
+    return Path(where) if where else cfg.course / ".cache" / "references"
+
+
 def judge_submission(plan: Plan, cfg: Config, workdir: Path, key: bytes = b"") -> dict:
-    """Grade one planned submission; ``key`` seeds its hidden tests (``grader.hidden.use_submission``)."""
+    """Grade one planned submission; ``key`` seeds its hidden tests (``grader.hidden.use_submission``).
+
+    The seed is the key of the assignment's pool (``grader.hidden.pooled``) that ``key`` picks, so
+    references computed for one submission serve the others of the same key (``grader.refcache``).
+    """
+    from . import hidden, refcache
+    from .autograde import course_secret
+
     os.environ.setdefault("PLOTLY_RENDERER", "json")
     os.environ["IOI_ANOMALIES_MODEL"] = cfg.model
-    return Judge(plan, cfg, workdir, key).run()
+    if key:
+        key = hidden.pooled(course_secret(cfg), plan.source.assignment, key)
+    refcache.configure(reference_cache_dir(cfg), f"{plan.source.assignment}:{plan.source.digest}:{cfg.fingerprint()}")
+    try:
+        return Judge(plan, cfg, workdir, key).run()
+    finally:
+        refcache.configure(None)

@@ -8,8 +8,8 @@ talks to it over the socket ``FD``:
   an attribute or an item of an object that lives here;
 - replies are written with ``torch.save`` and read by the judge with ``torch.load(weights_only=True)``,
   which accepts tensors, numbers, strings and plain containers only. Anything else stays here and
-  the judge gets a handle to it; objects of the project's own classes (``ioi_anomalies.*``) travel
-  as their plain state and are rebuilt by the judge from trusted code.
+  the judge gets a handle to it; objects of the data types the package declares
+  (``ioi_anomalies.grading``) travel as their plain fields and are rebuilt by the judge from trusted code.
 
 So whatever the student's code does to ``torch``, builtins or test helpers in this process, the
 checks run elsewhere.
@@ -25,12 +25,12 @@ import pickle
 import socket
 import struct
 import sys
+import time
 import traceback
 import types
 
 OUTPUT_LIMIT = 20_000
 SAFE_SCALARS = (type(None), bool, int, float, str, complex)
-RECIPES = {"random_model"}
 # what may be sent back (the judge enforces the same bounds on what arrives)
 MAX_DEPTH = 16
 MAX_ITEMS = 200_000
@@ -62,6 +62,9 @@ class Worker:
         self.shared_ids: dict[int, str] = {}
         self.recipes: dict[tuple, object] = {}
         self._shell = None
+        from ioi_anomalies import grading  # the package's declared protocol: data types, recipes, parts
+
+        self.protocol = grading
 
     # ---- transport
     def recv(self):
@@ -124,8 +127,8 @@ class Worker:
             return {self.export(k, depth + 1, budget): self.export(v, depth + 1, budget) for k, v in obj.items()}
         if isinstance(obj, (set, frozenset)):
             return {"__ioi_set__": [self.export(x, depth + 1, budget) for x in obj]}
-        if mod.split(".")[0] == "ioi_anomalies" and isinstance(getattr(obj, "__dict__", None), dict) and not callable(obj):
-            return {"__ioi_object__": f"{mod}:{type(obj).__qualname__}", "state": self.export(dict(vars(obj)), depth + 1, budget)}
+        if self.protocol.is_data(obj):  # a declared data type of the package: its fields, as plain data
+            return {"__ioi_object__": self.protocol.type_name(obj), "state": self.export(self.protocol.state_of(obj), depth + 1, budget)}
         if isinstance(obj, FUNCTIONS):  # a function stays here; the judge may call it
             return self._handle(obj)
         raise NotPlainData(f"a {type(obj).__name__} object (return tensors, numbers, strings, or lists, tuples, dicts or sets of them)")
@@ -170,6 +173,7 @@ class Worker:
         return self._shell
 
     def op_exec(self, code: str, name: str, share=()):
+        started = time.perf_counter()
         before = {k: id(v) for k, v in self.ns.items()}
         out, err = _Capped(), _Capped()
         error = None
@@ -185,17 +189,17 @@ class Worker:
             if n in self.ns:
                 self._share(n, self.ns[n])
         assigned = [k for k, v in self.ns.items() if before.get(k) != id(v) and not k.startswith("_")]
-        return {"ok": error is None, "error": error, "stdout": out.getvalue(), "stderr": err.getvalue(), "assigned": assigned}
+        return {"ok": error is None, "error": error, "stdout": out.getvalue(), "stderr": err.getvalue(), "assigned": assigned,
+                "seconds": time.perf_counter() - started}
 
     def _share(self, name, obj):
         if type(obj) in SAFE_SCALARS:  # as the judge: plain values travel as themselves
             return
         self.shared[name] = obj
         self.shared_ids[id(obj)] = name
-        tok = getattr(obj, "tokenizer", None) if type(obj).__module__.split(".")[0] != "builtins" else None
-        if tok is not None:
-            self.shared[name + ".tokenizer"] = tok
-            self.shared_ids[id(tok)] = name + ".tokenizer"
+        for part, value in self.protocol.parts(obj).items():  # e.g. a model's tokenizer, known as "model.tokenizer"
+            self.shared[f"{name}.{part}"] = value
+            self.shared_ids[id(value)] = f"{name}.{part}"
 
     def op_get(self, name: str):
         if name not in self.ns:
@@ -217,15 +221,13 @@ class _Unpickler(pickle.Unpickler):
             return self.worker.shared[key]
         if kind == "handle":
             return self.worker.handles[key]
-        if kind == "recipe":  # a model the judge made by a deterministic recipe: make the same one here
+        if kind == "recipe":  # an object the judge made by a declared recipe (ioi_anomalies.grading): make the same one here
             name, kwargs = key
-            if name not in RECIPES:
-                raise pickle.UnpicklingError(f"unknown model recipe {name!r}")
+            if name not in self.worker.protocol.REBUILDERS or type(kwargs) is not dict:
+                raise pickle.UnpicklingError(f"unknown recipe {name!r}")
             cache_key = (name, tuple(sorted(kwargs.items())))
             if cache_key not in self.worker.recipes:
-                import importlib
-
-                self.worker.recipes[cache_key] = getattr(importlib.import_module("ioi_anomalies.models"), name)(**kwargs)
+                self.worker.recipes[cache_key] = self.worker.protocol.rebuild(name, kwargs)
             return self.worker.recipes[cache_key]
         raise pickle.UnpicklingError(f"unknown reference {pid!r}")
 

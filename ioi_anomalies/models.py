@@ -177,14 +177,15 @@ def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: i
     For checking that code is general: the same arguments always give the same weights. Weights
     are drawn larger than GPT-2's initialisation so attention patterns and patching effects are far
     from uniform and zero, and LayerNorm weights are non-trivial so that folding them matters.
-    The directory is cached under the project's cache folder; the model remembers its recipe
-    (``model.recipe``), which the grader uses to rebuild the same model in the student's process.
+    The directory is cached under the project's cache folder. The arguments are recorded as the
+    model's recipe (``ioi_anomalies.grading.recipe_of``), so another process can make the same model.
     """
     import shutil
     import tempfile
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from .grading import remember
     from .tokenizer import cache_root, save_tokenizer
 
     if d_model % n_heads:
@@ -212,5 +213,4 @@ def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: i
             shutil.rmtree(tmp, ignore_errors=True)
     model = load_model(path, device=device, verbose=False)
     model.model_label = f"random GPT-2 ({n_layers}L x {n_heads}H, seed {seed})"
-    model.recipe = ("random_model", recipe)
-    return model
+    return remember(model, "random_model", recipe)

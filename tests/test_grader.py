@@ -514,7 +514,7 @@ def test_a_long_check_in_the_judge_still_ends_at_the_wall_limit(tmp_path):
 
 
 def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_others(tmp_path):
-    """Hidden inputs come from HMAC(course secret, submission): the verdict below depends on the seed's parity."""
+    """Hidden inputs come from the key of the assignment's pool that HMAC(course secret, submission) picks: the verdict below depends on the seed's parity."""
     from grader import hidden
     from grader.autograde import course_secret, submission_digest, submission_key
 
@@ -529,7 +529,8 @@ def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_o
     first = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False)}
     again = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False, force=True)}
     for s in ("s0", "s1"):
-        hidden.use_submission(submission_key(course_secret(cfg), submission_digest(cfg.submitted / s / A)))
+        secret = course_secret(cfg)
+        hidden.use_submission(hidden.pooled(secret, A, submission_key(secret, submission_digest(cfg.submitted / s / A))))
         even = hidden.seed("probe") % 2 == 0
         hidden.use_submission(b"")
         assert first[s]["tests"]["test_double"]["state"] == ("passed" if even else "failed"), first[s]["tests"]

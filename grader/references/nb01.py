@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ioi_anomalies.hooks import assert_no_hooks, run_and_cache
 from ioi_anomalies.heads import check_receivers  # input validation only
+from grader.refcache import cached  # computed once per model, source, hidden seed and arguments
 
 Head = tuple[int, int]
 
@@ -120,6 +121,7 @@ def path_patch_logits(model, senders: Iterable[Head], receivers: Sequence[Head],
         return model(orig_toks)
 
 
+@cached
 @torch.inference_mode()
 def path_patch(model, senders: Iterable[Head], receivers: Sequence[Head], receiver_input: str,
                metric: Callable[[Tensor], Tensor], orig, new) -> float:
@@ -131,6 +133,7 @@ def path_patch(model, senders: Iterable[Head], receivers: Sequence[Head], receiv
     return float(metric(logits))
 
 
+@cached
 @torch.inference_mode()
 def sweep_senders(model, receivers: Sequence[Head], receiver_input: str, metric: Callable[[Tensor], Tensor],
                   orig, new) -> Tensor:
@@ -159,6 +162,7 @@ def strongest_senders(results: Tensor, k: int) -> list[Head]:
     return [(l, h) for _, l, h in sorted(flat)[:k]]
 
 
+@cached
 @torch.inference_mode()
 def attention_s2_to_s1_plus_1(model, dataset, heads: Sequence[Head]) -> Tensor:
     names = sorted({f"blocks.{l}.attn.hook_pattern" for l, _ in heads})

@@ -10,6 +10,7 @@ import torch
 
 from ioi_anomalies import circuit_keep_masks, head_dla, logit_diff
 from ioi_anomalies.hooks import assert_no_hooks, run_and_cache
+from grader.refcache import cached  # computed once per model, source, hidden seed and arguments
 
 Head = tuple[int, int]
 
@@ -40,6 +41,7 @@ def ablate_at_end(model, dataset, means, head: Head):
     return run_and_cache(model, dataset.toks, names, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
 
 
+@cached
 @torch.inference_mode()
 def dla_before_after(model, dataset, means, head: Head) -> tuple[torch.Tensor, float, float]:
     """(DLA of every head after ablating ``head`` at END, naive prediction, measured logit difference)."""
@@ -54,6 +56,7 @@ def ln_scale_ratio(clean_scale: torch.Tensor, ablated_scale: torch.Tensor) -> fl
     return (clean_scale / ablated_scale).mean().item()
 
 
+@cached
 @torch.inference_mode()
 def final_ln_scale_ratio(model, dataset, means, head: Head) -> float:
     """ln_scale_ratio of the final LN scale at END, clean vs ``head`` mean-ablated at END."""
@@ -63,6 +66,7 @@ def final_ln_scale_ratio(model, dataset, means, head: Head) -> float:
     return ln_scale_ratio(clean["ln_final.hook_scale"][rows, end, 0], cache["ln_final.hook_scale"][rows, end, 0])
 
 
+@cached
 @torch.inference_mode()
 def ablated_logit_diff(model, dataset, means, keep: list[torch.Tensor]) -> float:
     """Mean logit difference with every head's z replaced by ``means`` wherever ``keep`` is False."""
@@ -97,6 +101,7 @@ def f_circuit(model, dataset, means, circuit) -> float:
     return ablated_logit_diff(model, dataset, means, circuit_keep_masks(model, dataset, circuit))
 
 
+@cached
 def faithfulness(model, dataset, means, circuit) -> tuple[float, float]:
     """(F(C), F(M))."""
     return f_circuit(model, dataset, means, circuit), logit_diff(model(dataset.toks), dataset).item()

@@ -10,6 +10,7 @@ import torch
 
 from ioi_anomalies import FLIP_GRID, logit_diff
 from ioi_anomalies.hooks import assert_no_hooks, run_and_cache
+from grader.refcache import cached  # computed once per model, source, hidden seed and arguments
 
 # Codes of the fit, centred so that each coefficient is a full swing (original minus inverted).
 TOKEN_CODES = torch.tensor([0.5, 0.0, -0.5])  # rows: original, random, inverted
@@ -45,6 +46,7 @@ def patch_z_hook(heads: list[int], new_z: torch.Tensor):
     return hook
 
 
+@cached
 @torch.inference_mode()
 def patched_logit_diff(model, orig, new, heads) -> float:
     """Logit difference on ``orig`` with ``heads``' z taken from a run on ``new`` (all positions)."""
@@ -59,6 +61,7 @@ def patched_logit_diff(model, orig, new, heads) -> float:
     return logit_diff(logits, orig).item()
 
 
+@cached
 def patch_grid(model, orig, datasets, heads) -> torch.Tensor:
     out = torch.zeros(3, 2)
     for (row, col), ds in datasets.items():
@@ -66,6 +69,7 @@ def patch_grid(model, orig, datasets, heads) -> torch.Tensor:
     return out
 
 
+@cached
 def per_head_grid(model, orig, datasets, heads) -> torch.Tensor:
     return torch.stack([patch_grid(model, orig, datasets, [h]) for h in heads])
 
