@@ -1,21 +1,30 @@
 """Grading benchmarks; one JSON object per line, like ``ioi_anomalies.bench``.
 
-- ``autograde_one_solution``: one solution submission of ``01_early_induction_heads`` graded by
-  plain nbgrader (tests in the student's kernel, no sandbox) as the baseline, and by the
-  project's grader (sandboxed worker plus a separate judge);
-- ``autograde_jobs``: N submissions (default 20) graded with 1 worker (baseline) and with 2.
+- ``autograde_full_submission``: one student's solutions of every graded notebook of the series
+  (01, 02, 03) graded by plain nbgrader (tests in the student's kernel, no sandbox) as the
+  baseline, and by the project's grader (sandboxed worker plus a separate judge, one assignment
+  after another, as ``--jobs 1``) twice: with an empty reference cache (``cold``) and again with
+  the references the first run stored (``warm``); one line each, with the judge's peak memory;
+- ``autograde_jobs``: N submissions of notebook 01 (default 20) graded with 1 worker (baseline)
+  and with 2;
 - ``autograde_cluster``: the same N submissions graded locally with 2 workers (baseline) and on a
   Dask ``LocalCluster`` of 2 single-threaded worker processes (``--cluster local:2``, its start
   included), with the same scores.
 
-Run with ``make bench`` (the first), ``make bench-grader`` (the second, about 10 minutes on
-two cores) and ``make bench-cluster`` (the third, about 15 minutes).
+Every run starts from an empty reference cache of its own (``IOI_GRADER_REFERENCE_CACHE``), which
+the jobs of that run share. ``--profile`` adds, per notebook, where one submission's time went (the
+judge's ``timings``: its start, the worker's cells, the judge's locked cells, tests, references).
+
+Run with ``make bench`` (all three), ``make bench-grader`` (the first two) and ``make bench-cluster``
+(the third); ``BENCH_ARGS="--n 4"`` for a short run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import resource
 import shutil
@@ -23,12 +32,30 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from .autograde import autograde
+from .autograde import autograde, graded_assignments
 from .config import ROOT, load
+from .judge import REFERENCE_CACHE_ENV
 
 ASSIGNMENT = "01_early_induction_heads"
 SOLUTION = ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+
+
+@contextlib.contextmanager
+def _reference_cache(where: Path | None):
+    """Every job of one run (local threads or Dask workers, which inherit the environment) shares ``where``."""
+    old = os.environ.get(REFERENCE_CACHE_ENV)
+    os.environ[REFERENCE_CACHE_ENV] = str(where) if where is not None else "off"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(REFERENCE_CACHE_ENV, None)
+        else:
+            os.environ[REFERENCE_CACHE_ENV] = old
 
 
 def _peak_rss_mb() -> float:
@@ -37,81 +64,113 @@ def _peak_rss_mb() -> float:
     return round(max(own, kids) / 1024, 1)
 
 
-def _class(tmp: Path, n: int):
+def _class(tmp: Path, n: int, assignments: tuple[str, ...] = (ASSIGNMENT,)):
     cfg = load().with_(submitted=tmp / "submitted", results=tmp / "results", course=tmp / "course", grades=tmp / "grades.csv",
                        roster=tmp / "none.csv")
-    for i in range(n):
-        folder = cfg.submitted / f"student{i:02d}" / ASSIGNMENT
-        folder.mkdir(parents=True)
-        shutil.copy(SOLUTION, folder / SOLUTION.name)
+    for a in assignments:
+        sol = ROOT / "solutions" / a / f"{a}.ipynb"
+        for i in range(n):
+            folder = cfg.submitted / f"student{i:02d}" / a
+            folder.mkdir(parents=True)
+            shutil.copy(sol, folder / sol.name)
     return cfg
 
 
-def bench_one_solution() -> dict:
+def _profile(results: list[dict]) -> dict:
+    """Where the time of each graded notebook went (the judge's ``timings``, steps summed by kind)."""
+    out = {}
+    for r in results:
+        t = dict(r.get("timings") or {})
+        t.pop("steps", None)
+        out[r["assignment"]] = t
+    return out
+
+
+def bench_full_submission(profile: bool = False) -> list[dict]:
+    """Plain nbgrader against the project's grader (cold and warm reference cache) on one full submission."""
     from .course import release_into, run_nbgrader
 
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        cfg = _class(tmp / "project", 1, tuple(graded_assignments(load())))
+        assignments = graded_assignments(cfg)
         course = tmp / "nbgrader"
-        release_into(course, ASSIGNMENT)
-        dest = course / "submitted" / "s" / ASSIGNMENT
-        dest.mkdir(parents=True)
-        shutil.copy(SOLUTION, dest / SOLUTION.name)
+        for a in assignments:
+            release_into(course, a)
+            dest = course / "submitted" / "s" / a
+            dest.mkdir(parents=True)
+            shutil.copy(ROOT / "solutions" / a / f"{a}.ipynb", dest / f"{a}.ipynb")
         run_nbgrader(course, "db", "student", "add", "s")
         t0 = time.perf_counter()
-        run_nbgrader(course, "autograde", ASSIGNMENT, "--force", "--student=s")
+        for a in assignments:
+            run_nbgrader(course, "autograde", a, "--force", "--student=s")
         baseline = time.perf_counter() - t0
-        cfg = _class(tmp / "project", 1)
-        t0 = time.perf_counter()
-        (res,) = autograde(cfg, [ASSIGNMENT], progress=False, record=False)
-        project = time.perf_counter() - t0
-    return {"name": "autograde_one_solution", "baseline": "plain nbgrader autograde (unsandboxed)", "baseline_s": round(baseline, 2),
-            "project_s": round(project, 2), "speedup": round(baseline / project, 3), "score": res["score"],
-            "max_score": res["max_score"], "status": res["status"], "max_abs_diff": 0.0, "peak_rss_mb": _peak_rss_mb(),
-            "model": cfg.model, "n_prompts": 25, "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
+        with _reference_cache(cfg.course / ".cache" / "references"):
+            for cache in ("cold", "warm"):
+                t0 = time.perf_counter()
+                res = autograde(cfg.with_(jobs=1), assignments, progress=False, record=False, force=True)
+                project = time.perf_counter() - t0
+                line = {
+                    "name": f"autograde_full_submission_{cache}_cache", "baseline": "plain nbgrader autograde (unsandboxed), same notebooks",
+                    "assignments": assignments, "reference_cache": cache, "baseline_s": round(baseline, 2), "project_s": round(project, 2),
+                    "speedup": round(baseline / project, 3), "score": sum(r["score"] for r in res), "max_score": sum(r["max_score"] for r in res),
+                    "statuses": sorted({r["status"] for r in res}), "max_abs_diff": 0.0,
+                    "judge_peak_rss_mb": max((r.get("judge_peak_rss_mb") or 0) for r in res), "peak_rss_mb": _peak_rss_mb(),
+                    "model": cfg.model, "machine": _machine()}
+                if profile:
+                    line["profile"] = _profile(res)
+                lines.append(line)
+                print(json.dumps(line), flush=True)
+    return lines
 
 
 def bench_jobs(n: int) -> dict:
-    times, scores = {}, {}
+    times, scores, rss = {}, {}, []
     for jobs in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=jobs)
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False)
             times[jobs] = time.perf_counter() - t0
             scores[jobs] = [r["score"] for r in res]
+            rss += [r.get("judge_peak_rss_mb") or 0 for r in res]
     return {"name": f"autograde_{n}_submissions_2_workers_vs_1", "baseline_s": round(times[1], 2), "project_s": round(times[2], 2),
             "speedup": round(times[1] / times[2], 3), "same_scores": scores[1] == scores[2], "max_abs_diff": 0.0,
-            "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25,
-            "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
+            "judge_peak_rss_mb": max(rss), "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25,
+            "machine": _machine()}
 
 
 def bench_cluster(n: int) -> dict:
-    times, scores, problems = {}, {}, {}
+    times, scores, problems, rss = {}, {}, {}, []
     for how, cluster in (("local", None), ("cluster", "local:2")):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=2)
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False, cluster=cluster)
             times[how] = time.perf_counter() - t0
+            rss += [r.get("judge_peak_rss_mb") or 0 for r in res]
             scores[how] = [(r["status"], r["score"]) for r in res]
             problems[how] = sorted({r.get("reason", "")[:300] for r in res if r["status"] != "graded"})
     return {"name": f"autograde_{n}_submissions_local_cluster_2_workers_vs_local_2_workers", "baseline": "local JOBS=2",
             "baseline_s": round(times["local"], 2), "project_s": round(times["cluster"], 2), "speedup": round(times["local"] / times["cluster"], 3),
             "same_scores": scores["local"] == scores["cluster"], "statuses": sorted({s for s, _ in scores["cluster"]}),
-            "not_graded": {k: v for k, v in problems.items() if v}, "max_abs_diff": 0.0,
-            "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25,
-            "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores"}
+            "not_graded": {k: v for k, v in problems.items() if v}, "max_abs_diff": 0.0, "judge_peak_rss_mb": max(rss),
+            "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25, "machine": _machine()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["one", "jobs", "cluster"], action="append", help="which benchmark(s) (default: one and jobs)")
-    p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks")
+    p.add_argument("--only", choices=["one", "jobs", "cluster"], action="append",
+                   help="which benchmark(s): one (a full submission), jobs, cluster (default: all three)")
+    p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks (default 20)")
+    p.add_argument("--profile", action="store_true", help="add where one submission's time went, per notebook")
     a = p.parse_args(argv)
-    which = a.only or ["one", "jobs"]
+    if a.n < 1:
+        p.error("--n must be at least 1")
+    which = a.only or ["one", "jobs", "cluster"]
     if "one" in which:
-        print(json.dumps(bench_one_solution()), flush=True)
+        bench_full_submission(a.profile)
     if "jobs" in which:
         print(json.dumps(bench_jobs(a.n)), flush=True)
     if "cluster" in which:
