@@ -108,6 +108,7 @@ class Conn:
         self.proc, self.sock, self.deadline, self.log = proc, sock, deadline, log
         self.shared: dict[str, object] = {}
         self.shared_ids: dict[int, str] = {}
+        self.recipes_sent: set[tuple] = set()
 
     # objects the judge made with trusted code, known to the worker by the same name
     def share(self, name: str, obj) -> None:
@@ -128,8 +129,13 @@ class Conn:
                 if isinstance(obj, Handle):
                     return ("handle", obj._id)
                 recipe = grading.recipe_of(obj)
-                if recipe is not None:
-                    return ("recipe", recipe)  # made by a constructor the package declares: the worker makes the same one
+                if recipe is not None:  # made by a constructor the package declares: the worker makes the same one
+                    name, kwargs = recipe
+                    key = (name, tuple(sorted(kwargs.items())))
+                    if key in conn.recipes_sent:
+                        return ("recipe", (name, kwargs))
+                    conn.recipes_sent.add(key)  # the first time, with the files the constructor kept (not made twice)
+                    return ("recipe", (name, kwargs, grading.recipe_files(name, kwargs)))
                 name = conn.shared_ids.get(id(obj))
                 if name is not None and conn.shared.get(name) is obj:
                     return ("shared", name)

@@ -62,9 +62,12 @@ class Worker:
         self.shared_ids: dict[int, str] = {}
         self.recipes: dict[tuple, object] = {}
         self._shell = None
-        from ioi_anomalies import grading  # the package's declared protocol: data types, recipes, parts
+        try:  # the package's declared protocol: data types, recipes, parts
+            from ioi_anomalies import grading
 
-        self.protocol = grading
+            self.protocol = grading
+        except Exception:  # noqa: BLE001 - e.g. a folder of the submission shadows the package: plain data only
+            self.protocol = _NoProtocol
 
     # ---- transport
     def recv(self):
@@ -210,6 +213,20 @@ class Worker:
         return {"value": self.export(target(*args, **kwargs))}
 
 
+class _NoProtocol:
+    """Stands in for ``ioi_anomalies.grading`` when it cannot be imported: no data types, recipes or parts."""
+
+    REBUILDERS: dict = {}
+
+    @staticmethod
+    def is_data(obj) -> bool:
+        return False
+
+    @staticmethod
+    def parts(obj) -> dict:
+        return {}
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, f, worker: Worker):
         super().__init__(f)
@@ -222,12 +239,12 @@ class _Unpickler(pickle.Unpickler):
         if kind == "handle":
             return self.worker.handles[key]
         if kind == "recipe":  # an object the judge made by a declared recipe (ioi_anomalies.grading): make the same one here
-            name, kwargs = key
+            name, kwargs, *files = key  # the first time, with the files the judge's constructor kept
             if name not in self.worker.protocol.REBUILDERS or type(kwargs) is not dict:
                 raise pickle.UnpicklingError(f"unknown recipe {name!r}")
             cache_key = (name, tuple(sorted(kwargs.items())))
             if cache_key not in self.worker.recipes:
-                self.worker.recipes[cache_key] = self.worker.protocol.rebuild(name, kwargs)
+                self.worker.recipes[cache_key] = self.worker.protocol.rebuild(name, kwargs, files[0] if files else None)
             return self.worker.recipes[cache_key]
         raise pickle.UnpicklingError(f"unknown reference {pid!r}")
 

@@ -8,7 +8,8 @@ This module declares everything else, so that the grader names none of the packa
   plain data, and are rebuilt on the other side with :func:`from_state` (an ``IOIDataset``);
 - **recipes**: an object made by a deterministic constructor (a :func:`~ioi_anomalies.random_model`)
   is remembered with how it was made (:func:`recipe_of`), and the other process makes the same one
-  with :func:`rebuild`, which runs only the constructors in :data:`REBUILDERS`;
+  with :func:`rebuild`, which runs only the constructors in :data:`REBUILDERS`; the files the
+  constructor keeps (:func:`recipe_files`) may travel along, so they are not made twice;
 - **parts** (:data:`PARTS`, :func:`parts`): objects that belong to a shared object and are known
   on the other side under its name (a model's or a dataset's tokenizer).
 
@@ -18,11 +19,16 @@ Everything here is plain plumbing: no graded answer, no test.
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
 import weakref
+from pathlib import Path
 
 DATA_TYPES = ("ioi_anomalies.dataset:IOIDataset",)
-REBUILDERS = {"random_model": "ioi_anomalies.models:random_model"}
+# constructor -> (the function, the function giving the folder it keeps its files in, from the same arguments)
+REBUILDERS = {"random_model": ("ioi_anomalies.models:random_model", "ioi_anomalies.models:random_model_dir")}
 PARTS = ("tokenizer",)
+MAX_RECIPE_FILES = 64 << 20  # bytes of files that may travel with a recipe
 _CONTAINERS = (dict, list, tuple, set, frozenset, type)
 
 _recipes: "weakref.WeakKeyDictionary[object, tuple[str, dict]]" = weakref.WeakKeyDictionary()
@@ -86,14 +92,50 @@ def recipe_of(obj) -> tuple[str, dict] | None:
     return (r[0], dict(r[1])) if r is not None else None
 
 
-def rebuild(constructor: str, kwargs: dict):
-    """Make the object of a recipe (a declared constructor with plain keyword arguments)."""
+def _function(spec: str):
+    mod, _, qual = spec.partition(":")
+    return getattr(importlib.import_module(mod), qual)
+
+
+def _check(constructor: str, kwargs) -> None:
     if constructor not in REBUILDERS:
         raise NotRebuildable(f"unknown constructor {constructor!r}; declared: {sorted(REBUILDERS)}")
     if type(kwargs) is not dict or not all(type(k) is str and type(v) in (int, float, str, bool) for k, v in kwargs.items()):
         raise NotRebuildable("a recipe's arguments are plain keyword values")
-    mod, _, qual = REBUILDERS[constructor].partition(":")
-    return getattr(importlib.import_module(mod), qual)(**kwargs)
+
+
+def recipe_files(constructor: str, kwargs: dict) -> dict[str, bytes]:
+    """The files the constructor keeps for these arguments (its cache folder), so that another process
+    need not make them again; empty if there are none or they are larger than ``MAX_RECIPE_FILES``."""
+    _check(constructor, kwargs)
+    folder = Path(_function(REBUILDERS[constructor][1])(**kwargs))
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if not files or sum(p.stat().st_size for p in files) > MAX_RECIPE_FILES:
+        return {}
+    return {p.name: p.read_bytes() for p in files}
+
+
+def rebuild(constructor: str, kwargs: dict, files: dict[str, bytes] | None = None):
+    """Make the object of a recipe (a declared constructor with plain keyword arguments).
+
+    ``files`` (from :func:`recipe_files` in the other process) are put in the constructor's cache
+    folder first, if it has none, so the constructor finds them instead of making them.
+    """
+    _check(constructor, kwargs)
+    if files:
+        folder = Path(_function(REBUILDERS[constructor][1])(**kwargs))
+        if not folder.exists():
+            if not all(type(n) is str and n and "/" not in n and n not in (".", "..") and type(b) is bytes for n, b in files.items()):
+                raise NotRebuildable("a recipe's files are plain names and bytes")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".rebuild-"))
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            try:
+                tmp.rename(folder)
+            except OSError:  # made meanwhile: the same files
+                shutil.rmtree(tmp, ignore_errors=True)
+    return _function(REBUILDERS[constructor][0])(**kwargs)
 
 
 # ---- parts

@@ -171,6 +171,13 @@ def model_label(model) -> str:
     return Path(path).name or "unknown"
 
 
+def random_model_dir(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: int = 0) -> Path:
+    """The cache folder of :func:`random_model`'s weights for these arguments."""
+    from .tokenizer import cache_root
+
+    return cache_root() / f"random-gpt2-{n_layers}L{n_heads}H{d_model}d-seed{seed}"
+
+
 def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: int = 0, device: str | torch.device = "cpu"):
     """A small GPT-2 with random weights, loaded like every other model (a bridge in compatibility mode).
 
@@ -186,12 +193,12 @@ def random_model(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: i
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from .grading import remember
-    from .tokenizer import cache_root, save_tokenizer
+    from .tokenizer import save_tokenizer
 
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     recipe = {"n_layers": n_layers, "n_heads": n_heads, "d_model": d_model, "seed": seed}
-    path = cache_root() / f"random-gpt2-{n_layers}L{n_heads}H{d_model}d-seed{seed}"
+    path = random_model_dir(n_layers, n_heads, d_model, seed)
     if not (path / "model.safetensors").exists():
         gen = torch.Generator().manual_seed(seed)
         cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=128, n_inner=2 * d_model)

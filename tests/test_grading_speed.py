@@ -98,15 +98,23 @@ def test_hidden_keys_come_from_a_small_pool_per_assignment():
 # ---- the declared protocol
 
 
-def test_a_rebuilt_random_model_equals_the_original():
+def test_a_rebuilt_random_model_equals_the_original(tmp_path, monkeypatch):
     from ioi_anomalies import random_model
+    from ioi_anomalies.models import random_model_dir
 
     m = random_model(n_layers=2, n_heads=2, d_model=16, seed=3)
     recipe = grading.recipe_of(m)
     assert recipe == ("random_model", {"n_layers": 2, "n_heads": 2, "d_model": 16, "seed": 3})
-    again = grading.rebuild(*recipe)
+    files = grading.recipe_files(*recipe)
+    assert "model.safetensors" in files and "config.json" in files
     toks = torch.randint(0, m.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(m(toks), again(toks)), "the same logits"
+    monkeypatch.setenv("IOI_ANOMALIES_CACHE", str(tmp_path))  # as in another process, with an empty cache
+    made = grading.rebuild(*recipe)
+    assert torch.equal(m(toks), made(toks)), "made again from the recipe: the same logits"
+    monkeypatch.setenv("IOI_ANOMALIES_CACHE", str(tmp_path / "other"))
+    again = grading.rebuild(*recipe, files)
+    assert (random_model_dir(**recipe[1]) / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert torch.equal(m(toks), again(toks)), "rebuilt from the files that travelled: the same logits"
     assert grading.recipe_of(torch.nn.Linear(2, 2)) is None
 
 
@@ -115,6 +123,8 @@ def test_only_declared_constructors_and_types_are_rebuilt():
         grading.rebuild("load_model", {})
     with pytest.raises(grading.NotRebuildable):
         grading.rebuild("random_model", {"seed": [1]})
+    with pytest.raises(grading.NotRebuildable):
+        grading.rebuild("random_model", {"seed": 123456}, {"../escape": b"x"})
     with pytest.raises(grading.NotRebuildable):
         grading.data_type("os:system")
     with pytest.raises(grading.NotRebuildable):
