@@ -183,6 +183,11 @@ def _feed_code(h, code, depth: int) -> None:
 
 
 def _feed_function(h, fn, depth: int) -> None:
+    import sys
+
+    module = sys.modules.get(fn.__module__ or "")
+    if module is None or getattr(module, "__dict__", None) is not fn.__globals__:
+        raise Uncacheable("a function defined in the notebook (its globals are not digested)")
     h.update(f"function:{fn.__module__}.{fn.__qualname__}(".encode())
     _feed_code(h, fn.__code__, depth + 1)
     _feed(h, fn.__defaults__, depth + 1)

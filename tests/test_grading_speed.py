@@ -83,6 +83,10 @@ def test_closures_are_digested_by_what_they_hold():
 
     assert refcache._digest(make(torch.ones(2))) == refcache._digest(make(torch.ones(2)))
     assert refcache._digest(make(torch.ones(2))) != refcache._digest(make(torch.zeros(2)))
+    ns: dict = {"__name__": "__main__"}  # a function defined in a notebook reads globals the digest cannot see
+    exec("scale = 2\ndef metric(t):\n    return t * scale", ns)
+    with pytest.raises(refcache.Uncacheable):
+        refcache._digest(ns["metric"])
 
 
 def test_hidden_keys_come_from_a_small_pool_per_assignment():
