@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,17 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir(
 
 
 def release(assignments: list[str]) -> int:
-    """Regenerate notebooks/<assignment>/ from solutions/<assignment>/ with nbgrader."""
-    (ROOT / "grader" / "course").mkdir(parents=True, exist_ok=True)
+    """Regenerate notebooks/<assignment>/ from solutions/<assignment>/ with nbgrader (the repository's nbgrader_config.py)."""
+    from .course import NbGraderError, release_repository
+
     for a in assignments or ASSIGNMENTS:
         if not (ROOT / "solutions" / a).is_dir():
             print(f"no assignment {a!r} in solutions/ (have: {', '.join(ASSIGNMENTS)})", file=sys.stderr)
             return 2
-        out = ROOT / "notebooks" / a
-        if out.exists():
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=WARN"]
-        r = subprocess.run(cmd, cwd=ROOT, env=config_mod.venv_env())
-        if r.returncode != 0 or not out.exists():
-            print(f"release of {a} failed", file=sys.stderr)
+        try:
+            out = release_repository(a)
+        except NbGraderError as e:
+            print(f"release of {a} failed: {e}", file=sys.stderr)
             return 1
         print(f"released {a} -> {out.relative_to(ROOT)}")
     return 0
