@@ -40,7 +40,7 @@ def verdict_outputs(test: TestResult | None, points: float) -> list:
     if test.state == TestState.PASSED and test.score > 0:  # partial credit: nbgrader reads the number
         return [nbformat.v4.new_output("execute_result", data={"text/plain": repr(float(test.score))}, execution_count=None)]
     message = test.message + (" (failed in the hidden part)" if test.failed_in == "hidden" else "")
-    trace = list(test.traceback) if test.failed_in == "visible" and test.traceback else [message]
+    trace = test.traceback.splitlines() if test.failed_in == "visible" and test.traceback else [message]
     ename = NOT_GRADED if test.state == TestState.NOT_GRADED else TEST_FAILED
     return [nbformat.v4.new_output("error", ename=ename, evalue=message, traceback=trace)]
 
