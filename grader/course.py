@@ -84,7 +84,9 @@ def configure_repository(c) -> None:
     cfg = load()
     if os.environ.get("IOI_GRADER_COURSE"):
         cfg = cfg.with_(course=Path(os.environ["IOI_GRADER_COURSE"]))
-    configure(c, root=ROOT, source="solutions", release="notebooks", course=cfg.course, feedback=cfg.feedback, grader=cfg)
+    # no grader settings passed: the preprocessors grade what nbgrader's submitted folder holds, and keep those
+    # verdicts in <course>/verdicts/ (`make autograde` keeps its own in grader/results/)
+    configure(c, root=ROOT, source="solutions", release="notebooks", course=cfg.course, feedback=cfg.feedback)
 
 
 def write_config(root: Path, sandboxed: bool = False) -> None:
@@ -222,6 +224,7 @@ class Course:
         configure(c, root=self.root, source=str(self.cfg.solutions), release=str(self.root / "release"), course=self.root,
                   feedback=self.cfg.feedback, grader=self.cfg)
         c.NbGraderAPI.log_level = "ERROR"
+        c.Exchange.root = str(self.root / "exchange")  # the grader uses no exchange; nbgrader only checks that one is writable
         return c
 
     @property

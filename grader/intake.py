@@ -134,7 +134,7 @@ class Plan:
 def lined_up_notebook(p: Plan) -> nbformat.NotebookNode:
     """The submission as nbgrader's autograde reads it: the source notebook with the student's answers.
 
-    Locked cells, tests and markdown come from the source; each answer cell holds the copy that was
+    Locked cells, tests (their visible part) and markdown come from the source; each answer cell holds the copy that was
     graded (the first, for a duplicated cell), so nbgrader's ``DeduplicateIds`` finds nothing to
     choose and the gradebook records the same copy the sandbox ran; a deleted test is back in its
     place (its verdict says it failed); extra cells follow the cell they followed, without nbgrader
@@ -152,6 +152,8 @@ def lined_up_notebook(p: Plan) -> nbformat.NotebookNode:
             cell.source = student.get(sc.grade_id if sc.kind == "solution" else sc.cell_id, "" if sc.kind == "solution" else cell.source)
         elif sc.kind == "manual":
             cell.source = p.answers.get(sc.grade_id, "")
+        elif sc.kind == "test":
+            cell.source = sc.visible  # nbgrader restores the whole test from its gradebook; this copy may reach the sandbox
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         cells.append(cell)

@@ -75,8 +75,12 @@ class _GraderSettings(NbGraderPreprocessor):
         coursedir = _find_coursedir(self)
         if coursedir is None:
             return cfg
+        # nbgrader's own folders: its source, its submitted copies, and the folder of its gradebook (the course secret's)
         submitted = Path(coursedir.format_path(coursedir.submitted_directory, "s", "a")).parent.parent
-        return cfg.with_(submitted=submitted, results=Path(coursedir.root) / "verdicts")
+        solutions = Path(coursedir.format_path(coursedir.source_directory, ".", "a")).parent
+        db = coursedir.db_url
+        course = Path(db[len("sqlite:///"):]).parent if db.startswith("sqlite:///") else Path(coursedir.root)
+        return cfg.with_(submitted=submitted, solutions=solutions, course=course, results=course / "verdicts")
 
 
 class SandboxExecute(_GraderSettings):
@@ -89,6 +93,14 @@ class SandboxExecute(_GraderSettings):
         result = verdict(self.grader(), info["student"], info["assignment"])
         write_verdicts(nb, result)
         return nb, resources
+
+
+def _visible(source: str) -> str:
+    """``source`` without its hidden-test regions (an unterminated one: everything from its first line on)."""
+    out = HIDDEN.sub("", source).rstrip()
+    if "BEGIN HIDDEN TESTS" in out:
+        out = out[: out.index("BEGIN HIDDEN TESTS")].rsplit("\n", 1)[0] if "\n" in out[: out.index("BEGIN HIDDEN TESTS")] else ""
+    return out
 
 
 def feedback_header(result: SubmissionResult) -> str:
@@ -105,12 +117,12 @@ def hide_hidden_tests(nb, result: SubmissionResult | None, labels: dict[str, str
     """Feedback's view of an autograded notebook: hidden tests out, each test named and marked, the status on top."""
     cells = []
     for cell in nb.cells:
+        if cell.get("cell_type") == "code" and not is_test_cell(cell) and "BEGIN HIDDEN TESTS" in cell.source:
+            cell.source = _visible(cell.source)  # e.g. a test cell stripped of its metadata: graded as an extra cell
         if is_test_cell(cell):
             gid = cell.metadata["nbgrader"].get("grade_id", "")
             hidden = bool(HIDDEN.search(cell.source)) or "BEGIN HIDDEN TESTS" in cell.source
-            cell.source = HIDDEN.sub("", cell.source).rstrip()
-            if "BEGIN HIDDEN TESTS" in cell.source:  # an unterminated region: everything from it on
-                cell.source = cell.source[: cell.source.index("BEGIN HIDDEN TESTS")].rsplit("\n", 1)[0]
+            cell.source = _visible(cell.source)
             t = result.tests.get(gid) if result else None
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "error" and (hidden and not (t and t.failed_in == "visible")):
@@ -137,5 +149,9 @@ class HideHiddenTests(_GraderSettings):
             labels = test_labels(source_for(cfg, info["assignment"]))
         except OSError:
             labels = {}
+        if result is None and not self.grader_config:  # graded by `make autograde` rather than by nbgrader's command
+            from .config import load
+
+            result = load_result(load(), info["assignment"], info["student"])
         hide_hidden_tests(nb, result, labels)
         return nb, resources

@@ -166,6 +166,18 @@ def test_feedback_keeps_hidden_tests_and_their_inputs_out():
     assert "*Test: Doubling (visible + hidden)*" in [c.source for c in nb.cells]
 
 
+@pytest.mark.parametrize("code, shown", [
+    (TEST, 'check_close(double(X), 2 * X, "double of X")'),
+    ("a = 1\n### BEGIN HIDDEN TESTS\nsecret = 2  # HIDDEN-INPUT", "a = 1"),  # never closed
+    ("### BEGIN HIDDEN TESTS\nsecret = 2  # HIDDEN-INPUT", ""),
+])
+def test_hidden_regions_leave_every_cell_even_one_that_is_no_longer_a_test(code, shown):
+    nb = _source_nb()
+    nb.cells.append(nbformat.v4.new_code_cell(code, id="stripped"))  # a test cell whose nbgrader metadata was removed
+    hide_hidden_tests(nb, None)
+    assert nb.cells[-1].source == shown and "HIDDEN-INPUT" not in json.dumps(nb)
+
+
 def test_feedback_keeps_a_visible_failures_full_message():
     nb = _source_nb()
     r = _result(tests={"test_double": TestResult(points=2, state=TestState.FAILED, failed_in="visible", message="double of X",
@@ -213,7 +225,8 @@ def test_the_lined_up_notebook_restores_tests_and_keeps_extra_cells_in_place(sou
     lined = lined_up_notebook(plan(source, _student(_source_nb(), edit)))
     assert [c.get("id") for c in lined.cells] == ["c0", "c1", "extra-cell-3", "c2", "c3", "c4"]
     assert lined.cells[2].source == "scratch = 1" and "nbgrader" not in lined.cells[2].metadata
-    assert lined.cells[3].source == "def double(x):\n    return x + x" and lined.cells[4].source == TEST
+    assert lined.cells[3].source == "def double(x):\n    return x + x"
+    assert lined.cells[4].source == 'check_close(double(X), 2 * X, "double of X")', "the test's visible part (nbgrader restores the rest)"
     assert lined.cells[5].source == "Because."
 
 
