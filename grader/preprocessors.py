@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Unicode
+from traitlets import List, Unicode
 
 from .intake import HIDDEN
 from .results import SubmissionResult, TestResult, TestState
@@ -63,6 +63,9 @@ def _find_coursedir(obj):
 
 
 class _GraderSettings(NbGraderPreprocessor):
+    # nbgrader's feedback configures this for every preprocessor it runs (as GetGrades declares it)
+    display_data_priority = List(["text/html", "application/pdf", "text/latex", "image/svg+xml", "image/png", "image/jpeg",
+                                  "text/plain"]).tag(config=True)
     grader_config = Unicode("", help="The grader's settings as JSON (grader.config.Config); empty: grader/grader_config.toml, "
                                      "with nbgrader's submitted folder as the submissions").tag(config=True)
 

@@ -631,3 +631,28 @@ def test_a_whole_solution_grades_in_full_on_a_gpt2_small_shaped_model(tmp_path, 
     print(f"grading {nb} on a GPT-2-small-shaped model: {time.monotonic() - t0:.0f} s, judge peak RSS {r.judge_peak_rss_mb} MB")
     assert r.status == "graded" and r.score == r.max_score, (r.reason, r.worker_log, r.cell_errors,
                                                              {k: v for k, v in r.tests.items() if v.state != "passed"})
+
+
+def test_plain_nbgrader_with_the_projects_configuration_grades_in_the_sandbox(tmp_path):
+    """`nbgrader autograde` and `nbgrader generate_feedback` in a course configured by `grader.course.configure`."""
+    from nbgrader.api import Gradebook
+
+    from grader.course import run_nbgrader, write_config
+
+    root = tmp_path / "course"
+    (root / "source" / A).mkdir(parents=True)
+    nbformat.write(source_notebook(), root / "source" / A / f"{A}.ipynb")
+    write_config(root, sandboxed=True)
+    run_nbgrader(root, "generate_assignment", A, "--force")
+    hostile = extra("setup", "import ioi_anomalies.checks as c\nc.check_close = lambda *a, **k: None")  # tests do not run here
+    for s, nb in {"good": variant(), "bad": variant(both(replace("double", "def double(x):\n    return x"), hostile))}.items():
+        (root / "submitted" / s / A).mkdir(parents=True)
+        nbformat.write(nb, root / "submitted" / s / A / f"{A}.ipynb")
+    run_nbgrader(root, "autograde", A, "--force")  # nbgrader adds the students it finds
+    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
+        assert {s: gb.find_submission(A, s).score for s in ("good", "bad")} == {"good": 3.0, "bad": 2.0}
+    assert "double of X" in json.loads((root / "verdicts" / A / "bad.json").read_text())["tests"]["test_double"]["message"]
+    run_nbgrader(root, "generate_feedback", A, "--force")
+    pages = sorted((root / "feedback").rglob("*.html"))
+    assert [p.relative_to(root / "feedback").as_posix() for p in pages] == [f"bad/{A}/{A}.html", f"good/{A}/{A}.html"]
+    assert not any("BEGIN HIDDEN" in p.read_text() or "SECRET-HIDDEN-MARKER" in p.read_text() for p in pages)
