@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     ag.add_argument("--cluster", metavar="ADDRESS", help="grade on a Dask cluster: a scheduler address (tcp://host:8786), a "
                     "scheduler file (.json), or local:N for N worker processes here (needs pip install '.[cluster]')")
     common(sub.add_parser("export", help="write grades.csv: one row per student and assignment, with statuses"))
-    common(sub.add_parser("feedback", help="write one HTML feedback page per student and assignment"),
+    common(sub.add_parser("feedback", help="nbgrader's feedback, hidden tests left out: one HTML page per graded notebook"),
            paths=("submitted", "results", "feedback", "course", "roster"))
     ms = common(sub.add_parser("manual-sheet", help="write a CSV of every written answer that needs a human"))
     ms.add_argument("--out", default=str(ROOT / "grader" / "manual_grades.csv"), help="the CSV to write (default: grader/manual_grades.csv)")
