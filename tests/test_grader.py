@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
