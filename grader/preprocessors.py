@@ -94,6 +94,8 @@ class SandboxExecute(_GraderSettings):
 
         info = resources["nbgrader"]
         result = verdict(self.grader(), info["student"], info["assignment"])
+        if result.is_grader_error:  # the grader's own fault: nbgrader reports the notebook as failed and records nothing
+            raise RuntimeError(f"the grader could not grade this submission: {result.reason}")
         write_verdicts(nb, result)
         return nb, resources
 

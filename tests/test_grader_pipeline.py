@@ -308,3 +308,17 @@ def test_bundled_examples_are_current(tmp_path):
     assert made == sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file()), "run `make examples`"
     for rel in made:
         assert (tmp_path / "ex" / rel).read_bytes() == (EXAMPLES / rel).read_bytes(), f"{rel} is stale: run `make examples`"
+
+
+def test_a_grader_error_is_never_recorded_as_a_score(monkeypatch):
+    """nbgrader's execute step refuses a verdict the grader could not reach, so the gradebook keeps what it had."""
+    import grader.autograde as ag
+    from grader.preprocessors import SandboxExecute
+
+    monkeypatch.setattr(ag, "verdict", lambda cfg, s, a: SubmissionResult.grader_error(s, a, "the judge could not start"))
+    pp = SandboxExecute(grader_config=json.dumps({}))
+    with pytest.raises(RuntimeError, match="the judge could not start"):
+        pp.preprocess(_source_nb(), {"nbgrader": {"student": "s", "assignment": "dbl"}})
+    monkeypatch.setattr(ag, "verdict", lambda cfg, s, a: _result())
+    nb, _ = pp.preprocess(_source_nb(), {"nbgrader": {"student": "s", "assignment": "dbl"}})
+    assert determine_grade(nb.cells[3]) == (1.5, 2.0)
