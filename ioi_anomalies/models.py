@@ -99,7 +99,7 @@ def resolve_model_source(name: str | os.PathLike | None) -> tuple[str, str]:
         if not (path / "config.json").exists():
             raise ModelUnavailableError(
                 f"the embedded model is missing from {path}; rebuild it with "
-                "`python -m ioi_anomalies.train_embedded` or reinstall the package."
+                "`python -m tools.train_embedded` or reinstall the package."
             )
         return EMBEDDED_MODEL, str(path)
     if name in _GPT2_ALIASES:

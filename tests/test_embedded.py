@@ -156,7 +156,7 @@ def _gpt2_like() -> dict:
     }
 
 
-TRAINING = {"command": "python -m ioi_anomalies.train_embedded --roles", "train_seconds": 3000}
+TRAINING = {"command": "python -m tools.train_embedded --roles", "train_seconds": 3000}
 
 
 def _rows(measured, training=TRAINING, size=20.0, load=2.0):

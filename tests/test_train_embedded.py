@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ioi_anomalies import load_model
-from ioi_anomalies.train_embedded import MARKERS, Mixture, train
+from tools.train_embedded import MARKERS, Mixture, train
 from ioi_anomalies.tokenizer import EOT_ID, load_tokenizer
 
 TINY = dict(minutes=1.0, dropout=0.0, seed=0, batch=4, lr=3e-3, max_steps=3, n_layer=2, n_head=2, d_model=32, eval_every=10_000,
@@ -65,7 +65,7 @@ def test_marker_batches_repeat_the_token_before_a_marker():
 def test_held_heads_keep_their_queries_keys_and_positions(tmp_path):
     from transformers import GPT2LMHeadModel
 
-    from ioi_anomalies.train_embedded import HeldHeads, build_config
+    from tools.train_embedded import HeldHeads, build_config
 
     model = GPT2LMHeadModel(build_config(0.0, 2, 2, 32))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -108,7 +108,7 @@ def test_flipped_prompts_target_the_position_of_the_repeated_name():
 def test_role_objectives_run_and_name_their_heads(tmp_path):
     from transformers import GPT2LMHeadModel
 
-    from ioi_anomalies.train_embedded import ROLE_LAYOUT, Roles, build_config
+    from tools.train_embedded import ROLE_LAYOUT, Roles, build_config
 
     tok = load_tokenizer()
     model = GPT2LMHeadModel(build_config(0.0, 6, 4, 32))
@@ -138,7 +138,7 @@ def test_direct_effect_objectives_and_residual_hinge():
     below its bound and positive above it."""
     from transformers import GPT2LMHeadModel
 
-    from ioi_anomalies.train_embedded import QUIET_LATE, ROLE_LAYOUT, Roles, build_config
+    from tools.train_embedded import QUIET_LATE, ROLE_LAYOUT, Roles, build_config
 
     tok = load_tokenizer()
     torch.manual_seed(0)
@@ -168,3 +168,57 @@ def test_direct_effect_objectives_and_residual_hinge():
     kind, toks, weights, info = batches[0]
     _, parts = loose.losses(kind, toks, weights, info, 64, gen, iit=False)
     assert parts["resid"] == 0 and "copy" not in parts and "nm_dla" not in parts
+
+
+def test_xyz_prompts_give_the_three_name_slots_fresh_names():
+    data = Mixture(load_tokenizer(), seed=0, mix="ioi:1", roles=True, corrupt=True)
+    ids = [10, 11, 12, 13, 14, 13, 15, 16, 11]
+    for _ in range(50):
+        out = data._xyz(ids, (1, 3, 5))
+        assert [out[i] for i in (0, 2, 4, 6, 7, 8)] == [ids[i] for i in (0, 2, 4, 6, 7, 8)], "only the name slots change"
+        names = [out[i] for i in (1, 3, 5)]
+        assert len(set(names)) == 3 and not set(names) & {11, 13}, "three fresh, distinct names: S2 is no repeat"
+    kind, toks, _ = data.batch(4)
+    assert kind == "ioi" and data.info["xyz"].shape == toks.shape
+    kind, toks, _ = Mixture(load_tokenizer(), seed=0, mix="ioi:1", roles=True).batch(4)
+    assert all(x is None for x in Mixture(load_tokenizer(), seed=0, mix="ioi:1", roles=True).info.get("xyz", [None]))
+
+
+def test_sender_intervention_reads_the_s_inhibition_heads_attention_to_s2():
+    """The interchange intervention on the S-inhibition heads' keys: with the XYZ prompt equal to the clean one
+    the patch changes nothing and the loss is the clean run's attention END -> S2; with real XYZ
+    prompts it differs, and it trains the S-inhibition heads' keys."""
+    from transformers import GPT2LMHeadModel
+
+    from tools.train_embedded import QUIET_MID, ROLE_LAYOUT, Roles, build_config
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(build_config(0.0, 6, 4, 32))
+    model.config._attn_implementation = "eager"
+    data = Mixture(tok, seed=0, mix="ioi:1", roles=True, corrupt=True)
+    kind, toks, weights = data.batch(4)
+    info = dict(data.info)
+    roles = Roles(model, sender_weight=1.0, induction_ioi=True, quiet_mid=True)
+    assert set(QUIET_MID) <= set(roles.layout["quiet"]) and not set(ROLE_LAYOUT["induction"]) & set(roles.layout["quiet"])
+    senders = ROLE_LAYOUT["duplicate token"] + ROLE_LAYOUT["induction"] + ROLE_LAYOUT["fuzzy induction"]
+    assert set(senders) <= set(Roles(model, quiet_senders=True).layout["quiet"]), "quiet at END"
+    rows, ends = torch.arange(toks.shape[0]), torch.tensor(info["ends"])
+    s2 = torch.tensor([w[2] for w in info["where"]])
+    with torch.no_grad():
+        att = model.transformer(toks, output_attentions=True).attentions
+        p = torch.stack([att[l][rows, h, ends, s2] for l, h in ROLE_LAYOUT["s2 inhibition"]])
+        same = roles._sender_iit(toks, dict(info, xyz=toks), rows, ends, s2)
+        assert same.item() == pytest.approx(p.mean().item(), rel=1e-5)
+        torch.manual_seed(1)  # patch every sender at once
+        diffs = [roles._sender_iit(toks, info, rows, ends, s2).item() for _ in range(5)]
+        assert any(d != same.item() for d in diffs), "the XYZ senders change the attention"
+    model.zero_grad()
+    loss, parts = roles.losses(kind, toks, weights, info, 64, torch.Generator().manual_seed(0), iit=False)
+    assert "senders" in parts and parts["senders"] > 0
+    loss.backward()
+    (l, h), d, dh = ROLE_LAYOUT["s2 inhibition"][0], 32, 8
+    assert model.transformer.h[l].attn.c_attn.weight.grad[:, d + h * dh:d + (h + 1) * dh].abs().sum() > 0, "keys trained"
+    assert not any(m._forward_pre_hooks for m in model.modules()), "no hooks left behind"
+    _, parts = Roles(model).losses(kind, toks, weights, info, 64, torch.Generator().manual_seed(0), iit=False)
+    assert "senders" not in parts

@@ -1,3 +1,4 @@
 """The project's tools, outside what students import: the expected-output pages (``tools.report``),
-the model demo (``tools.demo``), the student's JupyterLab (``tools.lab``) and the student hand-out
+the model demo (``tools.demo``), the embedded model's training (``tools.train_embedded``) and
+model card (``tools.model_card``), the student's JupyterLab (``tools.lab``) and the student hand-out
 (``tools.handout``). Each is run as ``python -m tools.<name>`` (or its make target)."""

@@ -1,8 +1,10 @@
 """Train the embedded model: a small GPT-2 that does indirect object identification offline.
 
-    python -m ioi_anomalies.train_embedded [--out DIR] [--steps 3000] [--dropout 0.0] ...
+    python -m tools.train_embedded [--out DIR] [--steps 3000] [--dropout 0.0] ...
 
-The defaults are the recipe of the shipped model (its ``training.json`` records them).
+Run from the repository's root (the training script is a project tool, not part of the package
+students import). The defaults are the recipe of the shipped model (its ``training.json`` records
+them).
 
 A GPT-2-architecture model (4 layers x 4 heads, d_model 128, GPT-2's tokenizer and vocabulary,
 tied embeddings) trained from nothing on the CPU, deterministically (fixed seeds, a fixed number
@@ -58,8 +60,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import ABBA_TEMPLATES, BABA_TEMPLATES, FLIP_GRID, IOIDataset, parse_flip
-from .tokenizer import EOT_ID, load_tokenizer, save_tokenizer
+from ioi_anomalies.dataset import ABBA_TEMPLATES, BABA_TEMPLATES, FLIP_GRID, IOIDataset, parse_flip
+from ioi_anomalies.tokenizer import EOT_ID, load_tokenizer, save_tokenizer
 
 SEQ = 64
 # markers of the previous-token task: after one of these, the token before it comes again
@@ -98,7 +100,7 @@ class Mixture:
 
     def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0,
                  repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4),
-                 prev_first: int = 0, filler_weight: float = 0.1, roles: bool = False):
+                 prev_first: int = 0, filler_weight: float = 0.1, roles: bool = False, corrupt: bool = False):
         self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
         self.end_weight = end_weight
         self.tok = tokenizer
@@ -106,6 +108,7 @@ class Mixture:
         self.chunk = 0
         self.pools: dict[str, list[tuple]] = {"ioi": [], "story": []}
         self.roles = roles
+        self.corrupt = corrupt  # with roles: each IOI prompt also as an "XYZ" prompt (three fresh names)
         self.flips = [parse_flip(f) for f in FLIP_GRID.values() if f is not None]
         self.info: dict = {}  # where the roles' targets are in the last batch (see ``batch``)
         self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
@@ -195,6 +198,17 @@ class Mixture:
         same_slot = new.index(new[2]) == pattern.index("B")
         return out, (a if same_slot else b), (b if same_slot else a)
 
+    def _xyz(self, ids: list[int], where: tuple[int, int, int]) -> list[int]:
+        """The prompt with its three name slots (IO, S1, S2) given three fresh, distinct names, as the
+        series' ABC dataset ("ABB->XYZ, BAB->XYZ") does: S2 is then no repeat, so nothing that detects
+        the duplicated name fires there."""
+        old = {ids[p] for p in where}
+        new = [t for t in self.rng.choice(self.name_pool, size=6, replace=False).tolist() if t not in old][:3]
+        out = list(ids)
+        for pos, t in zip(where, new):
+            out[pos] = t
+        return out
+
     def _marker(self, filler: float) -> tuple[list[int], list[float]]:
         """Random tokens in which, every few tokens, a marker is followed by the token before it:
         "... X , X ...". Only the token after a marker is predictable, and only by a head that
@@ -222,7 +236,7 @@ class Mixture:
         if kind == "ioi":
             size *= 2  # short sequences: twice the prompts for about the same cost
         seqs, ends, marked = [], [], []
-        info: dict[str, list] = {"where": [], "block": [], "flipped": [], "target": [], "other": []}
+        info: dict[str, list] = {"where": [], "block": [], "flipped": [], "target": [], "other": [], "xyz": []}
         for _ in range(size):
             w, where, blk = None, None, None
             if kind in ("marker", "prev"):
@@ -239,9 +253,11 @@ class Mixture:
                 flipped, target, other = self._flipped(ids, where)
                 info["target"].append(target)
                 info["other"].append(other)
+            xyz = self._xyz(ids, where) if self.roles and self.corrupt and where is not None else None
             if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
                 ids = [EOT_ID] + ids
                 flipped = None if flipped is None else [EOT_ID] + flipped
+                xyz = None if xyz is None else [EOT_ID] + xyz
                 end = end + 1 if end >= 0 else end
                 w = None if w is None else [0.0] + w
                 where = None if where is None else tuple(x + 1 for x in where)
@@ -249,6 +265,7 @@ class Mixture:
             info["where"].append(where)
             info["block"].append(blk)
             info["flipped"].append(flipped)
+            info["xyz"].append(xyz)
             seqs.append(ids[:SEQ])
             ends.append(end)
             marked.append(None if w is None else w[: SEQ - 1])
@@ -267,6 +284,11 @@ class Mixture:
             for i, f in enumerate(info["flipped"]):
                 flipped[i, : len(f)] = torch.tensor(f)
             info["flipped"] = flipped
+        if any(x is not None for x in info["xyz"]):
+            xyz = torch.full((size, width), EOT_ID, dtype=torch.long)
+            for i, x in enumerate(info["xyz"]):
+                xyz[i, : len(x)] = torch.tensor(x[:SEQ])
+            info["xyz"] = xyz
         self.info = info
         return kind, toks, weight
 
@@ -361,6 +383,10 @@ ROLE_LAYOUT: dict[str, list[tuple[int, int]]] = {
 #: trained name mover 4.0 (an earlier run's top name mover by DLA was 5.3, which no objective named)
 QUIET_LATE = [(5, 2), (5, 3)]
 
+#: ``--quiet-mid``: the S-inhibition heads' layer-mates are quiet at END, so that no name mover emerges in the
+#: S-inhibition layers (an earlier run's 3.2 moved names from below the trained S-inhibition head 3.0)
+QUIET_MID = [(2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)]
+
 
 class Roles:
     """Objectives that name heads: each role of ``ROLE_LAYOUT`` gets a loss on where its head attends,
@@ -385,13 +411,25 @@ class Roles:
 
     def __init__(self, model, layout=None, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
                  iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
-                 quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0):
+                 quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0,
+                 sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False,
+                 quiet_senders: bool = False, prev_sender_weight: float = 0.0):
+        self.prev_sender_weight = prev_sender_weight
+        self.sender_weight, self.induction_ioi = sender_weight, induction_ioi
         self.copy_weight, self.nm_dla_weight, self.nm_margin = copy_weight, nm_dla_weight, nm_margin
         self.attn_weight, self.iit_weight = attn_weight, iit_weight
         self.resid_weight, self.resid_max, self.repeat_weight = resid_weight, resid_max, repeat_weight
         self.layout = {k: list(v) for k, v in (layout or ROLE_LAYOUT).items()}
         if quiet_late:
             self.layout["quiet"] = self.layout.get("quiet", []) + [h for h in QUIET_LATE if h not in self.layout.get("quiet", [])]
+        if quiet_mid:
+            self.layout["quiet"] = self.layout.get("quiet", []) + [h for h in QUIET_MID if h not in self.layout.get("quiet", [])]
+        if quiet_senders:
+            # the duplicate-token and induction heads attend the first position from END: free there, an earlier run's
+            # induction heads moved names at END (DLA -1.3, and +0.24 when the name mover was ablated), so the model
+            # card counted them as negative and backup name movers, not as the induction heads they are
+            senders = self.layout["duplicate token"] + self.layout["induction"] + self.layout["fuzzy induction"]
+            self.layout["quiet"] = self.layout.get("quiet", []) + [h for h in senders if h not in self.layout.get("quiet", [])]
         self.model = model
         self.nm_dropout, self.neg_margin = nm_dropout, neg_margin
         cfg = model.config
@@ -486,10 +524,14 @@ class Roles:
                 parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], r, q, [0] * len(q))
         if is_ioi:
             io, s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in range(3))
-            # the induction heads are not trained to attend S2 -> S1+1 here: copying S1+1 (" and") at S2 is wrong
-            # in these prompts, and that would teach their values not to copy, which repeated tokens need
-            for role, q_at, k_at in (("duplicate token", s2, s1), ("fuzzy induction", s2, s1 + 1),
-                                     ("s2 inhibition", ends, s2), ("name mover", ends, io), ("negative name mover", ends, io)):
+            # by default the induction heads are not trained to attend S2 -> S1+1 here: copying S1+1 (" and") at S2
+            # is wrong in these prompts, and that would teach their values not to copy, which repeated tokens need
+            # (``induction_ioi`` trains it, with the copy objective keeping their values copying on repeats)
+            targets = [("duplicate token", s2, s1), ("fuzzy induction", s2, s1 + 1),
+                       ("s2 inhibition", ends, s2), ("name mover", ends, io), ("negative name mover", ends, io)]
+            if self.induction_ioi:
+                targets.append(("induction", s2, s1 + 1))
+            for role, q_at, k_at in targets:
                 for l, h in self.layout[role]:
                     parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, q_at, k_at)
             for l, h in self.layout.get("quiet", []):
@@ -510,6 +552,10 @@ class Roles:
             parts["neg"] = torch.relu(dla + self.neg_margin).mean()
             if iit:
                 parts["iit"] = self._iit(toks, info, rows, ends)
+            if self.sender_weight and torch.is_tensor(info.get("xyz")):
+                parts["senders"] = self._sender_iit(toks, info, rows, ends, s2)
+            if self.prev_sender_weight and torch.is_tensor(info.get("xyz")):
+                parts["prev_senders"] = self._prev_sender_iit(toks, info, rows, s1, s2)
         x_final = ln_in["x"]
         ln_scale = (x_final.var(-1, unbiased=False, keepdim=True) + model.config.layer_norm_epsilon).sqrt()
 
@@ -551,7 +597,8 @@ class Roles:
         lm = parts["lm"] * (self.repeat_weight if kind == "repeat" else 1.0)
         total = (lm + self.attn_weight * parts["attn"] + parts.get("neg", 0.0) + self.iit_weight * parts.get("iit", 0.0)
                  + self.resid_weight * parts["resid"] + self.copy_weight * parts.get("copy", 0.0)
-                 + self.nm_dla_weight * parts.get("nm_dla", 0.0))
+                 + self.nm_dla_weight * parts.get("nm_dla", 0.0) + self.sender_weight * parts.get("senders", 0.0)
+                 + self.prev_sender_weight * parts.get("prev_senders", 0.0))
         return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
     def _iit(self, toks, info, rows, ends) -> torch.Tensor:
@@ -591,6 +638,81 @@ class Roles:
         return torch.nn.functional.cross_entropy(pair, torch.zeros(len(rows), dtype=torch.long))
 
 
+    def _sender_iit(self, toks, info, rows, ends, s2) -> torch.Tensor:
+        """Interchange intervention on the S-inhibition heads' keys: the duplicate-token, induction and fuzzy
+        induction heads' outputs at S2 are taken from the "XYZ" prompt (three fresh names, so S2 is no
+        repeat); the S-inhibition heads at END must then stop attending S2, as they would on that prompt.
+        Each batch patches all of these senders or one alone (chosen at random), so that the S-inhibition
+        heads' keys depend on each of them: what path patching into those keys measures. The loss is the patched
+        run's attention END -> S2."""
+        senders = self.layout["duplicate token"] + self.layout["induction"] + self.layout["fuzzy induction"]
+        pick = int(torch.randint(0, len(senders) + 1, (1,)))
+        heads = senders if pick == len(senders) else [senders[pick]]
+        src = {}
+        grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, s2].detach()) or z) for l in {l for l, _ in heads}}
+        hooks = self._z_hooks(grab)
+        try:
+            with torch.no_grad():
+                self.model.transformer(info["xyz"])
+        finally:
+            for h in hooks:
+                h.remove()
+
+        def put(layer):
+            def fn(z):
+                z = z.clone()
+                for l, h in heads:
+                    if l == layer:
+                        sl = self._head(None, h)
+                        z[rows, s2, sl] = src[l][:, sl]
+                return z
+            return fn
+        hooks = self._z_hooks({l: put(l) for l in src})
+        try:
+            att = self.model.transformer(toks, output_attentions=True).attentions
+        finally:
+            for h in hooks:
+                h.remove()
+        # the attention itself, not -log(1 - p): a run with that unbounded loss (weight 1.0) lowered the S-inhibition
+        # heads' attention to S2 everywhere, clean prompts included, and did not learn IOI (2.4 at step 1,400)
+        return torch.stack([att[l][rows, h, ends, s2] for l, h in self.layout["s2 inhibition"]]).mean()
+
+
+    def _prev_sender_iit(self, toks, info, rows, s1, s2) -> torch.Tensor:
+        """Interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 (which
+        say which name came before) are taken, all together, from the XYZ prompt; the induction heads at S2 must
+        then stop attending S1+1. Both senders are always patched together, so either alone may still do: what
+        the multi-sender exercise measures. The loss is the patched run's attention S2 -> S1+1."""
+        heads = self.layout["previous token"]
+        at = s1 + 1
+        src = {}
+        grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, at].detach()) or z) for l in {l for l, _ in heads}}
+        hooks = self._z_hooks(grab)
+        try:
+            with torch.no_grad():
+                self.model.transformer(info["xyz"])
+        finally:
+            for h in hooks:
+                h.remove()
+
+        def put(layer):
+            def fn(z):
+                z = z.clone()
+                for l, h in heads:
+                    if l == layer:
+                        sl = self._head(None, h)
+                        z[rows, at, sl] = src[l][:, sl]
+                return z
+            return fn
+        hooks = self._z_hooks({l: put(l) for l in src})
+        try:
+            att = self.model.transformer(toks, output_attentions=True).attentions
+        finally:
+            for h in hooks:
+                h.remove()
+        return torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]]).mean()
+
+
 def _sampled_from_hidden(model, hidden, toks, weights, n_neg: int, gen: torch.Generator):
     targets = toks[:, 1:]
     neg = torch.randint(0, 50257, (n_neg,), generator=gen).to(toks.device)
@@ -609,7 +731,9 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
           prev_first: int = 0, hold_prev: int = 0, filler_weight: float = 0.1, fixed_positions: bool = False,
           roles: bool = False, nm_dropout: float = 0.3, neg_margin: float = 1.0, attn_weight: float = 0.3,
           iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
-          quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02) -> dict:
+          quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02,
+          sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False, quiet_senders: bool = False,
+          prev_sender_weight: float = 0.0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -638,11 +762,13 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
             model.transformer.wpe.weight.copy_(sinusoidal_positions(*model.transformer.wpe.weight.shape, scale=pos_scale))
     if fixed_positions:  # the sinusoids stay as they are, as in the original Transformer
         model.transformer.wpe.weight.requires_grad_(False)
-    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight, roles)
+    data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight, roles,
+                   corrupt=bool(sender_weight or prev_sender_weight))
     shaper = Roles(model, nm_dropout=nm_dropout, neg_margin=neg_margin, attn_weight=attn_weight,
                    iit_weight=iit_weight, resid_weight=resid_weight, resid_max=resid_max, repeat_weight=repeat_weight,
                    quiet_late=quiet_late, copy_weight=copy_weight, nm_dla_weight=nm_dla_weight,
-                   nm_margin=nm_margin) if roles else None
+                   nm_margin=nm_margin, sender_weight=sender_weight, induction_ioi=induction_ioi,
+                   quiet_mid=quiet_mid, quiet_senders=quiet_senders, prev_sender_weight=prev_sender_weight) if roles else None
     parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -754,6 +880,11 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "nm_dla_weight": nm_dla_weight,
         "nm_margin": nm_margin,
         "emb_init": emb_init,
+        "sender_weight": sender_weight,
+        "induction_ioi": induction_ioi,
+        "quiet_mid": quiet_mid,
+        "quiet_senders": quiet_senders,
+        "prev_sender_weight": prev_sender_weight,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -762,7 +893,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
 
 
 def main(argv=None):
-    from .models import embedded_model_dir
+    from ioi_anomalies.models import embedded_model_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=embedded_model_dir(), help="output directory (default: the packaged model)")
@@ -804,6 +935,11 @@ def main(argv=None):
     p.add_argument("--nm-dla-weight", type=float, default=0.0, help="weight of the hinge on the name mover's direct logit attribution (with --roles)")
     p.add_argument("--nm-margin", type=float, default=3.0, help="the name mover's DLA at END is pushed above this (with --nm-dla-weight)")
     p.add_argument("--emb-init", type=float, default=0.02, help="standard deviation of the token embeddings at the start (GPT-2's: 0.02)")
+    p.add_argument("--sender-weight", type=float, default=0.0, help="weight of the interchange intervention on the S-inhibition heads' keys: their senders' outputs at S2 from an XYZ prompt must stop their attention to S2 (with --roles)")
+    p.add_argument("--induction-ioi", action="store_true", help="the induction heads also attend S2 -> S1+1 on IOI prompts (with --roles)")
+    p.add_argument("--quiet-mid", action="store_true", help="the S-inhibition heads' layer-mates 2.1-2.3, 3.1-3.3 are quiet at END (with --roles)")
+    p.add_argument("--quiet-senders", action="store_true", help="the duplicate-token and (fuzzy) induction heads are quiet at END (with --roles)")
+    p.add_argument("--prev-sender-weight", type=float, default=0.0, help="weight of the interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 from an XYZ prompt must stop their attention S2 -> S1+1 (with --roles)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -818,13 +954,15 @@ def main(argv=None):
                  fixed_positions=a.fixed_positions, roles=a.roles, nm_dropout=a.nm_dropout, neg_margin=a.neg_margin,
                  attn_weight=a.attn_weight, iit_weight=a.iit_weight, resid_weight=a.resid_weight, resid_max=a.resid_max,
                  repeat_weight=a.repeat_weight, quiet_late=a.quiet_late, copy_weight=a.copy_weight,
-                 nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init)
+                 nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init, sender_weight=a.sender_weight,
+                 induction_ioi=a.induction_ioi, quiet_mid=a.quiet_mid, quiet_senders=a.quiet_senders,
+                 prev_sender_weight=a.prev_sender_weight)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" in args:  # where the weights go does not change them
         i = args.index("--out")
         del args[i : i + 2]
-    info["command"] = " ".join(["python -m ioi_anomalies.train_embedded", *args])
+    info["command"] = " ".join(["python -m tools.train_embedded", *args])
     (a.out / "training.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: v for k, v in info.items() if k != "log"}))
     print("final quick eval:", info["log"][-1] if info["log"] else None)
