@@ -22,6 +22,7 @@ class Config:
     processes: int = 64
     jobs: int = 0
     sandbox: str = "bwrap"
+    hidden_seed_pool: int = 0  # 0: every submission its own hidden inputs; N: N keys per assignment
     submitted: Path = ROOT / "grader" / "submitted"
     results: Path = ROOT / "grader" / "results"
     feedback: Path = ROOT / "grader" / "feedback"
@@ -37,7 +38,7 @@ class Config:
 
     def fingerprint(self) -> str:
         """What a stored grade depends on besides the two notebooks."""
-        return f"model={self.model}"
+        return f"model={self.model}" + (f";seeds={self.hidden_seed_pool}" if self.hidden_seed_pool else "")
 
     def with_(self, **kw) -> "Config":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -87,6 +88,9 @@ def load(path: Path | None = None) -> Config:
     cfg = replace(cfg, **{k: (ROOT / v if not Path(v).is_absolute() else Path(v)) for k, v in paths.items()})
     if cfg.model not in MODELS:
         raise SystemExit(f"{path}: model must be one of {MODELS}, not {cfg.model!r}")
+    if not isinstance(cfg.hidden_seed_pool, int) or isinstance(cfg.hidden_seed_pool, bool) or cfg.hidden_seed_pool < 0:
+        raise SystemExit(f"{path}: hidden_seed_pool must be 0 (a seed per submission) or a positive number of seeds, "
+                         f"not {cfg.hidden_seed_pool!r}")
     if cfg.sandbox not in ("bwrap", "none"):
         raise SystemExit(f"{path}: sandbox must be 'bwrap' or 'none', not {cfg.sandbox!r}")
     return cfg

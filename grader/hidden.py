@@ -9,10 +9,12 @@ solution notebook, the report, the test suite) the key is empty and the seeds ar
 Hidden tests must pass for *every* seed: choose inputs whose correct answers are non-trivial
 (receivers with senders below them, values that differ from zeros) whatever the draw.
 
-The keys come from a small pool per assignment (:func:`pooled`): ``POOL_SIZE`` keys derived from
-the course secret and the assignment, of which the submission's own key picks one. Two
-submissions draw different inputs unless they land on the same key of the pool, and the judge can
-keep the references of each key (``grader/refcache.py``) instead of recomputing them per submission.
+By default the key is the submission's own (``hidden_seed_pool = 0`` in grader_config.toml): every
+submission and resubmission draws other inputs. A course that prefers speed sets
+``hidden_seed_pool = N``: the keys then come from a pool per assignment (:func:`pooled`), N keys
+derived from the course secret and the assignment, of which the submission's own key picks one; two
+submissions draw different inputs unless they land on the same key, and the judge keeps the
+references of each key (``grader/refcache.py``) instead of recomputing them per submission.
 """
 
 from __future__ import annotations

@@ -663,16 +663,19 @@ def reference_cache_dir(cfg: Config) -> Path | None:
 def judge_submission(plan: Plan, cfg: Config, workdir: Path, key: bytes = b"") -> dict:
     """Grade one planned submission; ``key`` seeds its hidden tests (``grader.hidden.use_submission``).
 
-    The seed is the key of the assignment's pool (``grader.hidden.pooled``) that ``key`` picks, so
-    references computed for one submission serve the others of the same key (``grader.refcache``).
+    With ``hidden_seed_pool = 0`` (the default) the seed is the submission's own key: inputs differ
+    for every submission and resubmission, and cached references serve regrades of the same file.
+    With ``hidden_seed_pool = N`` it is the key of the assignment's pool of N (``grader.hidden.pooled``)
+    that ``key`` picks, so references computed for one submission serve the others of the same key
+    (``grader.refcache``).
     """
     from . import hidden, refcache
     from .autograde import course_secret
 
     os.environ.setdefault("PLOTLY_RENDERER", "json")
     os.environ["IOI_ANOMALIES_MODEL"] = cfg.model
-    if key:
-        key = hidden.pooled(course_secret(cfg), plan.source.assignment, key)
+    if key and cfg.hidden_seed_pool > 0:
+        key = hidden.pooled(course_secret(cfg), plan.source.assignment, key, size=cfg.hidden_seed_pool)
     refcache.configure(reference_cache_dir(cfg), f"{plan.source.assignment}:{plan.source.digest}:{cfg.fingerprint()}")
     try:
         return Judge(plan, cfg, workdir, key).run()

@@ -516,14 +516,16 @@ def test_a_long_check_in_the_judge_still_ends_at_the_wall_limit(tmp_path):
                                             "message": "not graded: the notebook ran past its time limit (while its tests were checked)"}
 
 
-def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_others(tmp_path):
-    """Hidden inputs come from the key of the assignment's pool that HMAC(course secret, submission) picks: the verdict below depends on the seed's parity."""
+@pytest.mark.parametrize("pool", [0, 3])
+def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_others(tmp_path, pool):
+    """Hidden inputs come from HMAC(course secret, submission), or with ``hidden_seed_pool = N`` from the key of
+    the assignment's pool that it picks: the verdict below depends on the seed's parity."""
     from grader import hidden
     from grader.autograde import course_secret, submission_digest, submission_key
 
     probe = ('assert True\n### BEGIN HIDDEN TESTS\nfrom grader.hidden import seed\n'
              'assert seed("probe") % 2 == 0, "an even seed"\n### END HIDDEN TESTS')
-    cfg = make_course(tmp_path, wall_time_s=60, jobs=1)
+    cfg = make_course(tmp_path, wall_time_s=60, jobs=1, hidden_seed_pool=pool)
     nbformat.write(variant(_with_test("test_double", probe)), cfg.solutions / A / f"{A}.ipynb")
     for i in range(2):
         nb = variant(_with_test("test_double", probe))
@@ -533,7 +535,8 @@ def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_o
     again = {r.student: r.to_json() for r in autograde(cfg, [A], progress=False, record=False, force=True)}
     for s in ("s0", "s1"):
         secret = course_secret(cfg)
-        hidden.use_submission(hidden.pooled(secret, A, submission_key(secret, submission_digest(cfg.submitted / s / A))))
+        key = submission_key(secret, submission_digest(cfg.submitted / s / A))
+        hidden.use_submission(hidden.pooled(secret, A, key, size=pool) if pool else key)
         even = hidden.seed("probe") % 2 == 0
         hidden.use_submission(b"")
         assert first[s]["tests"]["test_double"]["state"] == ("passed" if even else "failed"), first[s]["tests"]

@@ -302,3 +302,18 @@ def test_a_hidden_message_built_with_values_is_not_shown():
     code = code.replace("f'zeros of {n}'", "'zeros'")
     e = _raise_in_test(code, {"torch": torch, "check_close": check_close})
     assert literal_message(code, "<test t>", e.__traceback__)
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (8, True), (-1, False), ("8", False), (True, False), (1.5, False)])
+def test_the_hidden_seed_pool_setting_is_checked(tmp_path, value, ok):
+    from grader import config
+
+    path = tmp_path / "grader_config.toml"
+    path.write_text(f"hidden_seed_pool = {value!r}\n".replace("'", '"').replace("True", "true"))
+    if ok:
+        cfg = config.load(path)
+        assert cfg.hidden_seed_pool == value
+        assert cfg.fingerprint() == ("model=embedded" + (f";seeds={value}" if value else ""))
+    else:
+        with pytest.raises(SystemExit, match="hidden_seed_pool must be 0"):
+            config.load(path)
