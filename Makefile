@@ -49,7 +49,7 @@ clean:
 	rm -rf $(VENV) build demo-output
 
 bench: setup
-	HF_HUB_OFFLINE=1 $(PY) -m ioi_anomalies.bench $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.bench $(BENCH_ARGS)
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only one
 
 bench-grader: setup

@@ -1,3 +1,4 @@
 """The project's tools, outside what students import: the expected-output pages (``tools.report``),
-the model demo (``tools.demo``), the student's JupyterLab (``tools.lab``) and the student hand-out
-(``tools.handout``). Each is run as ``python -m tools.<name>`` (or its make target)."""
+the model demo (``tools.demo``), the benchmarks (``tools.bench``), the student's JupyterLab
+(``tools.lab``) and the student hand-out (``tools.handout``), each run as ``python -m tools.<name>``
+(or its make target); and the hook factory the project's own experiments share (``tools.hooks``)."""
