@@ -77,9 +77,9 @@ def bench_path_patching(name, model, model_name, receivers, which, n, seed, devi
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     p.add_argument("--only", nargs="*", default=None, help="run only these benchmarks (by name)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--n", type=int, default=25, help="number of IOI prompts (default: 25)")
+    p.add_argument("--seed", type=int, default=1, help="dataset seed (default: 1)")
     p.add_argument("--budget-mb", type=float, default=None,
                    help="the engine's working-memory budget per chunk (default: 128 MB on the CPU, 4096 MB on a GPU)")
     a = p.parse_args(argv)
