@@ -1,21 +1,10 @@
-"""nbgrader configuration: solutions/ is the source, notebooks/ the release (see grader/)."""
+"""nbgrader configuration: solutions/ is the source, notebooks/ the release (see grader/course.py).
 
-import os
+The settings come from ``grader.course.configure``, the one place the project writes nbgrader's
+configuration; ``nbgrader autograde`` run here grades in the sandbox, as ``make autograde`` does.
+"""
 
 c = get_config()  # noqa: F821
-_root = os.path.dirname(os.path.abspath(__file__))
-# the grader's course folder (gradebook, autograded notebooks); `python -m grader formgrader --course` sets it
-_course = os.environ.get("IOI_GRADER_COURSE") or os.path.join(_root, "grader", "course")
-c.CourseDirectory.root = _root
-c.CourseDirectory.source_directory = "solutions"
-c.CourseDirectory.release_directory = "notebooks"
-c.CourseDirectory.submitted_directory = os.path.join(_course, "submitted")
-c.CourseDirectory.autograded_directory = os.path.join(_course, "autograded")
-c.CourseDirectory.feedback_directory = os.path.join(_course, "feedback")
-c.CourseDirectory.db_url = "sqlite:///" + os.path.join(_course, "gradebook.db")
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-c.ClearSolutions.enforce_metadata = True
-# the project's execution settings, shared with `make validate` and the Validate button
-from ioi_anomalies.validate import apply_execution_settings  # noqa: E402
+from grader.course import configure_repository  # noqa: E402
 
-apply_execution_settings(c)
+configure_repository(c)

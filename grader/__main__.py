@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,17 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir(
 
 
 def release(assignments: list[str]) -> int:
-    """Regenerate notebooks/<assignment>/ from solutions/<assignment>/ with nbgrader."""
-    (ROOT / "grader" / "course").mkdir(parents=True, exist_ok=True)
+    """Regenerate notebooks/<assignment>/ from solutions/<assignment>/ with nbgrader (the repository's nbgrader_config.py)."""
+    from .course import NbGraderError, release_repository
+
     for a in assignments or ASSIGNMENTS:
         if not (ROOT / "solutions" / a).is_dir():
             print(f"no assignment {a!r} in solutions/ (have: {', '.join(ASSIGNMENTS)})", file=sys.stderr)
             return 2
-        out = ROOT / "notebooks" / a
-        if out.exists():
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=WARN"]
-        r = subprocess.run(cmd, cwd=ROOT, env=config_mod.venv_env())
-        if r.returncode != 0 or not out.exists():
-            print(f"release of {a} failed", file=sys.stderr)
+        try:
+            out = release_repository(a)
+        except NbGraderError as e:
+            print(f"release of {a} failed: {e}", file=sys.stderr)
             return 1
         print(f"released {a} -> {out.relative_to(ROOT)}")
     return 0
@@ -173,7 +170,7 @@ def main(argv=None) -> int:
     ag.add_argument("--cluster", metavar="ADDRESS", help="grade on a Dask cluster: a scheduler address (tcp://host:8786), a "
                     "scheduler file (.json), or local:N for N worker processes here (needs pip install '.[cluster]')")
     common(sub.add_parser("export", help="write grades.csv: one row per student and assignment, with statuses"))
-    common(sub.add_parser("feedback", help="write one HTML feedback page per student and assignment"),
+    common(sub.add_parser("feedback", help="nbgrader's feedback, hidden tests left out: one HTML page per graded notebook"),
            paths=("submitted", "results", "feedback", "course", "roster"))
     ms = common(sub.add_parser("manual-sheet", help="write a CSV of every written answer that needs a human"))
     ms.add_argument("--out", default=str(ROOT / "grader" / "manual_grades.csv"), help="the CSV to write (default: grader/manual_grades.csv)")

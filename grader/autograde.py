@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
-from .config import ROOT, Config
+from .config import ROOT, Config, config_from_json, config_to_json
 from .intake import IntakeError, Source, find_notebook, list_files, plan
+from .results import ResultFormatError, Status, SubmissionResult
 
 SUBMISSION_LIMIT = 50 << 20  # bytes copied into the sandbox per submission
 
@@ -134,43 +133,61 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
         raise
 
 
-def load_result(cfg: Config, assignment: str, student: str) -> dict | None:
+def load_result(cfg: Config, assignment: str, student: str) -> SubmissionResult | None:
+    """The stored result, or None when there is none or it cannot be read as one (then it is regraded)."""
     p = result_path(cfg, assignment, student)
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        return SubmissionResult.loads(p.read_text())
+    except (OSError, ResultFormatError):
         return None
 
 
-def grade_one(cfg: Config, student: str, assignment: str) -> dict:
+def store_result(cfg: Config, result: SubmissionResult) -> None:
+    write_atomic(result_path(cfg, result.assignment, result.student), result.dumps())
+
+
+def is_fresh(cfg: Config, result: SubmissionResult | None, source_digest: str | None = None) -> bool:
+    """Whether ``result`` still stands: not a grader error, and the same source, settings and submitted files."""
+    if result is None or result.is_grader_error:
+        return False
+    digest = source_digest or source_for(cfg, result.assignment).digest
+    return (result.source_sha256 == digest and result.config == cfg.fingerprint()
+            and result.submission_sha256 == submission_digest(cfg.submitted / result.student / result.assignment))
+
+
+def verdict(cfg: Config, student: str, assignment: str) -> SubmissionResult:
+    """The stored result when it is fresh, else the submission graded now (in the sandbox) and stored."""
+    old = load_result(cfg, assignment, student)
+    if is_fresh(cfg, old):
+        return old
+    new = run_child(cfg, student, assignment) if (cfg.submitted / student / assignment).is_dir() else missing_result(cfg, student, assignment)
+    if not new.is_grader_error:
+        store_result(cfg, new)
+    return new
+
+
+def grade_one(cfg: Config, student: str, assignment: str) -> SubmissionResult:
     """Grade one submission in this process (the batch runs this in a fresh process per submission)."""
     source = source_for(cfg, assignment)
     folder = cfg.submitted / student / assignment
-    base = {
-        "student": student, "assignment": assignment, "score": 0.0,
-        "max_score": sum(c.points for c in source.tests), "manual_max": sum(c.points for c in source.manual),
-        "submission_sha256": submission_digest(folder), "source_sha256": source.digest, "config": cfg.fingerprint(),
-        "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tests": {
-            c.grade_id: {"points": c.points, "score": 0.0, "state": "not graded", "message": "not graded"} for c in source.tests},
-        "answers": {}, "cell_errors": [], "notebook": None,
-    }
+    base = SubmissionResult.blank(student, assignment, source, submission_sha256=submission_digest(folder), config=cfg.fingerprint())
     try:
         nb_path, nb, notes = find_notebook(folder, source)
     except IntakeError as e:
-        return {**base, "status": e.status, "reason": e.reason}
+        return replace(base, status=Status(e.status), reason=e.reason)
     try:
         p = plan(source, nb, nb_path.name)
     except Exception as e:  # noqa: BLE001 - a notebook shaped so that it cannot be lined up with the assignment
-        return {**base, "status": "invalid_notebook", "reason": f"{nb_path.name} could not be lined up with the assignment ({type(e).__name__})"}
+        return replace(base, status=Status.INVALID_NOTEBOOK,
+                       reason=f"{nb_path.name} could not be lined up with the assignment ({type(e).__name__})")
     p.notes = notes + p.notes
-    base["notebook"] = str(nb_path.relative_to(folder))
-    base["answers"] = p.answers
+    base = replace(base, notebook=str(nb_path.relative_to(folder)), answers=p.answers)
     from .judge import judge_submission
 
     _, undecodable = list_files(folder)
     if undecodable:
         p.notes.append(f"{len(undecodable)} file(s) with names that are not valid UTF-8 were left out")
-    key = submission_key(course_secret(cfg), base["submission_sha256"])
+    key = submission_key(course_secret(cfg), base.submission_sha256)
     tmp = Path(tempfile.mkdtemp(prefix="ioi-grade-"))
     try:
         workdir = tmp / "work"
@@ -185,8 +202,7 @@ def grade_one(cfg: Config, student: str, assignment: str) -> dict:
         out = judge_submission(p, cfg, workdir, key)
     finally:
         remove_tree(tmp)
-    tests = out["tests"]
-    return {**base, **out, "score": round(sum(t["score"] for t in tests.values()), 6)}
+    return base.with_judgement(out)
 
 
 def remove_tree(path: Path) -> None:
@@ -197,19 +213,15 @@ def remove_tree(path: Path) -> None:
 def _child_main(argv: list[str]) -> int:
     """``python -m grader.autograde CONFIG_JSON STUDENT ASSIGNMENT OUT``: grade one, write JSON to OUT."""
     cfg_json, student, assignment, out = argv
-    data = json.loads(cfg_json)
-    cfg = Config(**{k: (Path(v) if k in Config.__dataclass_fields__ and isinstance(Config.__dataclass_fields__[k].default, Path) else v)
-                    for k, v in data.items()})
-    result = grade_one(cfg, student, assignment)
+    result = grade_one(config_from_json(cfg_json), student, assignment)
     import resource
 
-    result["judge_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # for `make bench`
-    Path(out).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    result.judge_peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # for `make bench`
+    Path(out).write_text(result.dumps())
     return 0
 
 
-def _config_json(cfg: Config) -> str:
-    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+_config_json = config_to_json
 
 
 JUDGE_GRACE_S = 60  # after the wall limit, the judge process itself is stopped
@@ -245,7 +257,7 @@ def _judge_limits(cfg: Config):
     return apply
 
 
-def run_child(cfg: Config, student: str, assignment: str) -> dict:
+def run_child(cfg: Config, student: str, assignment: str) -> SubmissionResult:
     """Grade in a fresh judge process under its own memory and time limits.
 
     The judge stops itself at the wall limit; if it is still running ``JUDGE_GRACE_S`` later it is
@@ -256,41 +268,41 @@ def run_child(cfg: Config, student: str, assignment: str) -> dict:
         out = Path(tmp) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                    PLOTLY_RENDERER="json", TQDM_DISABLE="1")
-        cmd = [sys.executable, "-m", "grader.autograde", _config_json(cfg), student, assignment, str(out)]
-        base = {"student": student, "assignment": assignment, "score": 0.0, "tests": {}}
+        cmd = [sys.executable, "-m", "grader.autograde", config_to_json(cfg), student, assignment, str(out)]
+        base = SubmissionResult(student=student, assignment=assignment, status=Status.GRADER_ERROR)
         try:
             r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + JUDGE_GRACE_S,
                                preexec_fn=_judge_limits(cfg))
             if r.returncode == 0 and out.exists():
-                return json.loads(out.read_text())
+                try:
+                    return SubmissionResult.loads(out.read_text())
+                except ResultFormatError as e:
+                    return replace(base, reason=f"the grader wrote a result it cannot read ({e}); it is not the student's fault: re-run autograde")
             err = r.stderr or r.stdout
             if "MemoryError" in err or "std::bad_alloc" in err or "Cannot allocate memory" in err:
-                return {**base, "status": "crashed",
-                        "reason": f"checking this submission's answers took more than the grader's {cfg.judge_memory_gb:g} GB of memory"}
+                return replace(base, status=Status.CRASHED,
+                               reason=f"checking this submission's answers took more than the grader's {cfg.judge_memory_gb:g} GB of memory")
             why = err.strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
             reason = f"the grader failed on this submission ({why[0][:300]}); it is not the student's fault: re-run autograde"
         except subprocess.TimeoutExpired:
-            return {**base, "status": "timeout", "reason": "the notebook ran past its time limit (while its tests were checked)"}
-    return {**base, "status": "grader_error", "reason": reason}
+            return replace(base, status=Status.TIMEOUT, reason="the notebook ran past its time limit (while its tests were checked)")
+    return replace(base, reason=reason)
 
 
-def missing_result(cfg: Config, student: str, assignment: str) -> dict:
+def missing_result(cfg: Config, student: str, assignment: str) -> SubmissionResult:
     """The result for a student with no submission folder: recorded without starting a judge or a worker."""
-    source = source_for(cfg, assignment)
-    return {"student": student, "assignment": assignment, "status": "missing", "reason": "no submission folder", "score": 0.0,
-            "max_score": sum(c.points for c in source.tests), "manual_max": sum(c.points for c in source.manual),
-            "submission_sha256": submission_digest(cfg.submitted / student / assignment), "source_sha256": source.digest,
-            "config": cfg.fingerprint(), "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "tests": {c.grade_id: {"points": c.points, "score": 0.0, "state": "not graded", "message": "not graded"} for c in source.tests},
-            "answers": {}, "cell_errors": [], "notebook": None}
+    return SubmissionResult.blank(student, assignment, source_for(cfg, assignment), status=Status.MISSING, reason="no submission folder",
+                                  submission_sha256=submission_digest(cfg.submitted / student / assignment), config=cfg.fingerprint())
 
 
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
-              progress: bool = True, record: bool = True, cluster: str | None = None) -> list[dict]:
+              progress: bool = True, record: bool = True, cluster: str | None = None) -> list[SubmissionResult]:
     """Grade everything submitted (and every roster student) for ``assignments``; returns the results.
 
     Each job runs ``run_child`` on a local thread (``cfg.n_jobs`` at a time) or, with ``cluster``
-    (an address, see ``grader/cluster.py``), on a Dask worker; results are recorded here either way.
+    (an address, see ``grader/cluster.py``), on a Dask worker; results are stored here either way,
+    then (``record``) nbgrader's autograde runs on each graded notebook with the stored verdict
+    (``grader/course.py``), which fills nbgrader's gradebook and its autograded copy.
     """
     from tqdm.auto import tqdm
 
@@ -300,17 +312,15 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
         src_digest = source_for(cfg, a).digest
         for s in only or students(cfg):
             old = load_result(cfg, a, s)
-            fresh = (old and old.get("status") != "grader_error" and old.get("source_sha256") == src_digest
-                     and old.get("config") == cfg.fingerprint() and old.get("submission_sha256") == submission_digest(cfg.submitted / s / a))
-            if fresh and not force:
+            if is_fresh(cfg, old, src_digest) and not force:
                 results.append(old)
             else:
                 todo.append((s, a))
     if record:
-        from .gradebook import ensure_assignment
+        from .course import Course
 
         for a in assignments:
-            ensure_assignment(cfg, a)
+            Course(cfg).ensure_assignment(a)
     course_secret(cfg)  # made once, before the judges start
     bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
     if cluster:
@@ -331,23 +341,23 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
         for fut in as_completed(futures):
             s, a = futures[fut]
             res = fut.result()
-            if res.get("status") == "grader_error" and load_result(cfg, a, s):
-                # keep the previous grade: the new one does not exist
-                res = {**load_result(cfg, a, s), "last_error": res["reason"]}
+            old = load_result(cfg, a, s)
+            if res.is_grader_error and old is not None:
+                res = replace(old, last_error=res.reason)  # keep the previous grade: the new one does not exist
             else:
-                write_atomic(result_path(cfg, a, s), json.dumps(res, indent=1, sort_keys=True, default=str))
-                if record and res.get("notebook"):
+                store_result(cfg, res)
+                if record and res.notebook:
                     from .gradebook import record as record_grade
 
                     try:
                         record_grade(cfg, res)
-                    except Exception as e:  # noqa: BLE001 - the result file stands; the mirror is retried next run
-                        res["reason"] = (res.get("reason", "") + f"; gradebook not updated ({type(e).__name__}: {e})").strip("; ")
+                    except Exception as e:  # noqa: BLE001 - the result file stands; the gradebook is brought up to date next run
+                        res = replace(res, reason=(res.reason + f"; gradebook not updated ({type(e).__name__}: {str(e)[:300]})").strip("; "))
             results.append(res)
-            bar.set_postfix_str(f"{s}/{a}: {res['status']}")
+            bar.set_postfix_str(f"{s}/{a}: {res.status.value}")
             bar.update()
     bar.close()
-    return sorted(results, key=lambda r: (r["student"], r["assignment"]))
+    return sorted(results, key=lambda r: (r.student, r.assignment))
 
 
 if __name__ == "__main__":

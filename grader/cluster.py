@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from .config import Config
+from .results import SubmissionResult
 
 RETRIES = 2  # a job that raises on a worker (not the student's code: that is graded) is tried this many more times
 ALLOWED_FAILURES = 3  # workers a job may take down with it before it counts as failed (LocalCluster)
@@ -137,8 +138,8 @@ def unpack(job: Job, root: Path) -> Config:
                          grades=root / "grades.csv", roster=root / "roster.csv", course=root / "course")
 
 
-def grader_error(student: str, assignment: str, reason: str) -> dict:
-    return {"student": student, "assignment": assignment, "status": "grader_error", "reason": reason, "score": 0.0, "tests": {}}
+def grader_error(student: str, assignment: str, reason: str) -> SubmissionResult:
+    return SubmissionResult.grader_error(student, assignment, reason)
 
 
 _ENV_DIGEST: tuple[tuple, str] = ((), "")
@@ -175,7 +176,7 @@ def environment_digest() -> str:
     return _ENV_DIGEST[1]
 
 
-def run_job(fn, job: Job) -> dict:
+def run_job(fn, job: Job) -> SubmissionResult:
     """On a worker: grade ``job`` with ``fn(cfg, student, assignment)`` (``autograde.run_child``) in a temporary course."""
     if job.environment and job.environment != environment_digest():
         return grader_error(job.student, job.assignment,
@@ -184,9 +185,9 @@ def run_job(fn, job: Job) -> dict:
     with tempfile.TemporaryDirectory(prefix="ioi-cluster-job-") as tmp:
         cfg = unpack(job, Path(tmp))
         result = fn(cfg, job.student, job.assignment)
-    if result.get("status") != "grader_error":
+    if not result.is_grader_error:
         # the digest a re-run on the client compares against (the same files, read there)
-        result["submission_sha256"] = job.submission_sha256
+        result.submission_sha256 = job.submission_sha256
     return result
 
 
@@ -222,7 +223,7 @@ class ClusterPool:
     """An executor whose ``submit(fn, cfg, student, assignment)`` runs ``fn`` on a Dask worker.
 
     ``fn`` gets the settings pointing at the worker's copy of the job; the returned future always
-    resolves to a result dict (a job the cluster could not finish becomes a ``grader_error``).
+    resolves to a ``SubmissionResult`` (a job the cluster could not finish becomes a ``grader_error``).
     A submission is read and sent only when the cluster has room for it (twice its worker threads,
     at least ``min_in_flight``), so the scheduler never holds a whole class in memory. Connects on
     the first job: a batch with nothing to grade starts nothing.

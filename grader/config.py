@@ -43,6 +43,22 @@ class Config:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+def config_to_json(cfg: Config) -> str:
+    """The settings as JSON (for the judge's process, a preprocessor's trait or a cluster job)."""
+    import json
+    from dataclasses import asdict
+
+    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    import json
+
+    data = json.loads(text)
+    paths = {f.name for f in fields(Config) if isinstance(f.default, Path)}
+    return Config(**{k: (Path(v) if k in paths else v) for k, v in data.items() if k in {f.name for f in fields(Config)}})
+
+
 def venv_env(base: dict | None = None) -> dict:
     """``base`` (default: this environment) with this Python's bin/ first on PATH: nbgrader runs alembic from there."""
     import sys

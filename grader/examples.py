@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 
-from .config import ROOT, venv_env
+from .config import ROOT
 
 EXAMPLES = ROOT / "grader" / "examples"
 ASSIGNMENT = "01_early_induction_heads"
@@ -92,14 +91,15 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "course").mkdir(parents=True)
+    from .course import NbGraderError, scratch_release
+
     print("1. release: solutions/ -> student notebooks (nbgrader generate_assignment)")
-    env = venv_env()
     for a in sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()):
-        r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", a, "--force", "--log-level=ERROR",
-                            f"--CourseDirectory.release_directory={workdir / 'release'}",
-                            f"--CourseDirectory.db_url=sqlite:///{workdir / 'course' / 'gradebook.db'}"],
-                           cwd=ROOT, capture_output=True, text=True, env=env)
-        print(f"   {a}: {'ok' if r.returncode == 0 else 'FAILED ' + r.stderr[-500:]}")
+        try:
+            scratch_release(a, workdir)
+            print(f"   {a}: ok")
+        except NbGraderError as e:
+            print(f"   {a}: FAILED {str(e)[-500:]}")
     cfg = load().with_(submitted=EXAMPLES, roster=EXAMPLES / "roster.csv", results=workdir / "results", course=workdir / "course",
                        grades=workdir / "grades.csv", feedback=workdir / "feedback", jobs=jobs)
     print(f"2. autograde the example class in grader/examples/ ({cfg.n_jobs} workers, model: {cfg.model}, sandbox: {cfg.sandbox})")
@@ -110,7 +110,7 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
     print(format_table(rows))
     export(cfg, [ASSIGNMENT])
     write_feedback(cfg, [ASSIGNMENT])
-    print(f"grades: {cfg.grades}\nfeedback: {cfg.feedback}/<student>/{ASSIGNMENT}/feedback.html")
+    print(f"grades: {cfg.grades}\nfeedback: {cfg.feedback}/<student>/{ASSIGNMENT}/{ASSIGNMENT}.html")
     wrong = [(r["student"], r["status"], r["auto_score"]) for r in rows if EXPECTED.get(r["student"]) != (r["status"], r["auto_score"])]
     if wrong:
         print(f"unexpected grades: {wrong}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """nbgrader's gradebook, kept in step with the grader's results, and home of the manual grades.
 
-The automatic grades live in the result files (``grader/autograde.py``); nbgrader's gradebook
-(``grader/course/gradebook.db``) mirrors them so that nbgrader's formgrader can show each
-submission, and it stores what humans add: manual scores and comments, from the formgrader or from
+The automatic grades live in the result files (``grader/autograde.py``); nbgrader's own autograde
+(with the project's execute step, ``grader/preprocessors.py``) writes them into its gradebook
+(``grader/course/gradebook.db``) and its autograded notebooks, which the formgrader shows. The
+gradebook also stores what humans add: manual scores and comments, from the formgrader or from
 ``make manual-import``. Every write is one transaction, retried while another process holds the
 database, so a crash never leaves half of it.
 """
@@ -10,33 +11,22 @@ database, so a crash never leaves half of it.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import nbformat
 
-from .config import ROOT, Config, venv_env
-from .intake import Source
-
+from . import course as course_mod
+from .config import Config, venv_env
+from .course import Course
+from .intake import Source, find_notebook, lined_up_notebook, plan
+from .results import SubmissionResult
 
 
 def db_url(course: Path) -> str:
     return f"sqlite:///{course / 'gradebook.db'}"
 
 
-def _retry(fn, attempts: int = 20):
-    from sqlalchemy.exc import OperationalError
-
-    for i in range(attempts):
-        try:
-            return fn()
-        except OperationalError as e:  # "database is locked": someone else is writing; wait
-            if "locked" not in str(e) or i == attempts - 1:
-                raise
-            time.sleep(0.25 * (i + 1))
+_retry = course_mod._retry
 
 
 @contextlib.contextmanager
@@ -54,95 +44,25 @@ def gradebook(course: Path):
         gb.close()
 
 
-def ensure_assignment(cfg: Config, assignment: str) -> None:
-    """Register the assignment's cells in the gradebook (nbgrader generate_assignment, released aside)."""
-    from nbgrader.api import MissingEntry
+def record(cfg: Config, result: SubmissionResult) -> None:
+    """Bring nbgrader's gradebook up to date with one stored result: nbgrader's own autograde, on the lined-up notebook.
 
-    def known() -> bool:
-        with gradebook(cfg.course) as gb:
-            try:
-                gb.find_assignment(assignment)
-                return True
-            except MissingEntry:
-                return False
-
-    if _retry(known):
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", assignment, "--force", "--log-level=ERROR",
-                            f"--CourseDirectory.release_directory={tmp}", f"--CourseDirectory.db_url={db_url(cfg.course)}",
-                            f"--CourseDirectory.source_directory={cfg.solutions}"], cwd=ROOT, env=venv_env(), capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"nbgrader could not register {assignment}: {r.stderr[-2000:]}")
-
-
-def autograded_notebook(result: dict, source: Source, submitted: Path) -> nbformat.NotebookNode:
-    """The student's notebook as formgrader shows it: tests restored, each with the judge's verdict."""
-    nb = nbformat.read(source.path, as_version=4)
-    sub = None
-    if result.get("notebook"):
-        with contextlib.suppress(Exception):
-            sub = nbformat.read(submitted / result["student"] / result["assignment"] / result["notebook"], as_version=4)
-    by_grade = {}
-    if sub is not None:
-        for c in sub.cells:
-            gid = c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-            if gid and gid not in by_grade:
-                by_grade[gid] = c
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        gid = meta.get("grade_id")
-        sc = next((c for c in source.cells if c.grade_id == gid), None) if gid else None
-        if sc is None:
-            continue
-        if sc.kind in ("solution", "manual"):
-            cell.source = by_grade[gid].source if gid in by_grade else ""
-        elif sc.kind == "test":
-            cell.source = sc.visible
-            t = result.get("tests", {}).get(gid, {})
-            if cell.cell_type == "code":
-                if t.get("state") == "passed":
-                    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"passed ({t['score']:g}/{t['points']:g})\n")]
-                else:
-                    cell.outputs = [nbformat.v4.new_output("error", ename=t.get("state", "failed"), evalue=t.get("message", ""), traceback=[t.get("message", "")])]
-    return nb
-
-
-def record(cfg: Config, result: dict) -> None:
-    """Mirror one result into the gradebook (automatic scores only; manual ones are left as they are)."""
-    from nbgrader.api import MissingEntry
-
-    a, s = result["assignment"], result["student"]
+    The notebook nbgrader reads (``<course>/submitted/<student>/<assignment>/<assignment>.ipynb``) is
+    the submission lined up with the source (``intake.lined_up_notebook``); nbgrader's pipeline then
+    restores the tests, writes each verdict as the test's output (``SandboxExecute``, from the stored
+    result) and scores them with ``SaveAutoGrades``. Manual grades already given stay.
+    """
+    a, s = result.assignment, result.student
     source = Source.load(cfg.solutions / a / f"{a}.ipynb", a)
-    nb = autograded_notebook(result, source, cfg.submitted)
-    out = cfg.course / "autograded" / s / a / f"{a}.ipynb"
+    folder = cfg.submitted / s / a
+    nb_path, nb, _ = find_notebook(folder, source)
+    course = Course(cfg)
+    out = course.submitted_notebook(s, a)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
+    nbformat.write(lined_up_notebook(plan(source, nb, nb_path.name)), tmp)
     tmp.replace(out)
-
-    def write():
-        import warnings
-
-        with gradebook(cfg.course) as gb, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nbgrader's add_submission trips a harmless SQLAlchemy warning
-            gb.update_or_create_student(s)
-            try:
-                gb.find_submission(a, s)
-            except MissingEntry:
-                gb.add_submission(a, s)
-            for gid, t in result.get("tests", {}).items():
-                with contextlib.suppress(MissingEntry):
-                    g = gb.find_grade(gid, a, a, s)
-                    g.auto_score = float(t["score"])
-                    g.needs_manual_grade = False
-            for gid in result.get("answers", {}):
-                with contextlib.suppress(MissingEntry):
-                    g = gb.find_grade(gid, a, a, s)
-                    g.needs_manual_grade = g.manual_score is None
-            gb.db.commit()
-
-    _retry(write)
+    course.autograde(s, a)
 
 
 def manual_grades(cfg: Config) -> dict[tuple[str, str, str], tuple[float | None, str]]:

@@ -128,6 +128,38 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     tampered: list[str] = field(default_factory=list)
     notebook_name: str = ""
+    extras: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # source index -> (position, code) of extra cells after it
+
+
+def lined_up_notebook(p: Plan) -> nbformat.NotebookNode:
+    """The submission as nbgrader's autograde reads it: the source notebook with the student's answers.
+
+    Locked cells, tests (their visible part) and markdown come from the source; each answer cell holds the copy that was
+    graded (the first, for a duplicated cell), so nbgrader's ``DeduplicateIds`` finds nothing to
+    choose and the gradebook records the same copy the sandbox ran; a deleted test is back in its
+    place (its verdict says it failed); extra cells follow the cell they followed, without nbgrader
+    metadata.
+    """
+    nb = nbformat.read(p.source.path, as_version=4)
+    student = {s.name: s.code for s in p.steps if s.kind == "student"}
+
+    def extra(after: int) -> list:
+        return [nbformat.v4.new_code_cell(code, id=f"extra-cell-{pos + 1}") for pos, code in p.extras.get(after, [])]
+
+    cells = extra(-1)
+    for sc, cell in zip(p.source.cells, nb.cells):
+        if sc.kind == "solution" or sc.kind == "free":
+            cell.source = student.get(sc.grade_id if sc.kind == "solution" else sc.cell_id, "" if sc.kind == "solution" else cell.source)
+        elif sc.kind == "manual":
+            cell.source = p.answers.get(sc.grade_id, "")
+        elif sc.kind == "test":
+            cell.source = sc.visible  # nbgrader restores the whole test from its gradebook; this copy may reach the sandbox
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cells.append(cell)
+        cells += extra(sc.index)
+    nb.cells = cells
+    return nb
 
 
 def _norm(s: str) -> str:
@@ -305,6 +337,7 @@ def plan(source: Source, nb, notebook_name: str = "") -> Plan:
             last = max(last, matched[pos])
         elif c.cell_type == "code" and c.source.strip():
             extras.setdefault(last, []).append((pos, c))
+    extras_code = {k: [(pos, c.source) for pos, c in v] for k, v in extras.items()}
     steps: list[Step] = []
 
     def add_extras(after: int):
@@ -340,4 +373,4 @@ def plan(source: Source, nb, notebook_name: str = "") -> Plan:
             if got is None:
                 notes.append(f"written answer {sc.grade_id} is missing")
         add_extras(sc.index)
-    return Plan(source, steps, answers, notes, tampered, notebook_name)
+    return Plan(source, steps, answers, notes, tampered, notebook_name, extras_code)

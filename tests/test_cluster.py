@@ -24,6 +24,7 @@ from grader import autograde as ag  # noqa: E402
 from grader import cluster  # noqa: E402
 from grader.cluster import ClusterError, ClusterPool, Job, pack, parse_address, run_job, unpack  # noqa: E402
 from grader.intake import Source  # noqa: E402
+from grader.results import Status, SubmissionResult  # noqa: E402
 from test_grader import A, make_course, replace, submit, variant  # noqa: E402  the toy assignment, graded in seconds
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job functions below travel to the workers by value
@@ -104,18 +105,20 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
 
 
 def _where(cfg, student, assignment):
+    """A result that reports where the worker graded (its temporary course) and what it found there, in its log."""
     folder = cfg.submitted / student / assignment
-    return {"student": student, "assignment": assignment, "status": "graded", "score": 1.0, "tests": {},
-            "submission_sha256": "computed on the worker", "course": str(cfg.solutions.parent),
-            "files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
+    seen = {"course": str(cfg.solutions.parent), "files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
+    return SubmissionResult(student, assignment, Status.GRADED, score=1.0, submission_sha256="computed on the worker",
+                            worker_log=json.dumps(seen))
 
 
 def test_run_job_grades_in_a_temporary_course_and_keeps_the_clients_digest(tmp_path):
     cfg = _class(tmp_path)
     job = pack(cfg, "ann", A, environment=cluster.environment_digest())
     r = run_job(_where, job)
-    assert r["files"] == ["data/notes.txt", "toy.ipynb"] and r["submission_sha256"] == job.submission_sha256
-    assert not Path(r["course"]).exists(), "the worker's copy is removed"
+    seen = json.loads(r.worker_log)
+    assert seen["files"] == ["data/notes.txt", "toy.ipynb"] and r.submission_sha256 == job.submission_sha256
+    assert not Path(seen["course"]).exists(), "the worker's copy is removed"
     other = run_job(_where, Job(**{**job.__dict__, "environment": "0" * 64}))
     assert other["status"] == "grader_error" and "another version of the project" in other["reason"]
 
@@ -144,7 +147,7 @@ def _count(path: Path) -> int:
 def _dies_first_time(cfg, student, assignment):
     if _count(Path(cfg.extra_env["COUNTER"])) == 1:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process is lost mid-job
-    return {"student": student, "assignment": assignment, "status": "graded", "score": 2.0, "tests": {}, "pid": os.getpid()}
+    return SubmissionResult(student, assignment, Status.GRADED, score=2.0)
 
 
 def _always_dies(cfg, student, assignment):
@@ -155,7 +158,7 @@ def _always_dies(cfg, student, assignment):
 def _raises_first_time(cfg, student, assignment):
     if _count(Path(cfg.extra_env["COUNTER"])) == 1:
         raise OSError("disk full")
-    return {"student": student, "assignment": assignment, "status": "graded", "score": 3.0, "tests": {}}
+    return SubmissionResult(student, assignment, Status.GRADED, score=3.0)
 
 
 @pytest.mark.parametrize("fn, runs, status, score", [

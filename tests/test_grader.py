@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,8 @@ from grader.autograde import autograde, load_result
 from grader.config import ROOT, Config
 from grader.reports import ImportError_, export, manual_import, manual_sheet, write_feedback
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)"),
+              pytest.mark.slow]  # end-to-end: sandboxed grading; the steps around it are in test_grader_pipeline.py
 
 A = "toy"
 SETUP = "import torch\nfrom ioi_anomalies.checks import check_close\nX = torch.arange(6.0).reshape(2, 3)"
@@ -271,7 +270,7 @@ def graded(tmp_path_factory):
         f.write("a stray file whose name is not UTF-8")
     cfg.roster.write_text("student\n" + "\n".join(sorted(EXPECTED)) + "\n")
     results = autograde(cfg, [A], progress=False)
-    return cfg, {r["student"]: r for r in results}, tmp
+    return cfg, {r.student: r.to_json() for r in results}, tmp  # each result's JSON form
 
 
 @pytest.mark.parametrize("student", sorted(EXPECTED))
@@ -353,15 +352,35 @@ def test_renamed_and_duplicated_and_tampered_are_explained(graded):
     assert "not valid notebook JSON" in results["invalid"]["reason"]
 
 
+def test_nbgraders_gradebook_holds_the_judges_scores_and_the_first_copy_of_a_duplicate(graded):
+    """nbgrader's own autograde (the sandboxed verdict as its execute step) fills the gradebook; a duplicated cell: the first copy."""
+    from grader.course import Course
+    from grader.gradebook import gradebook
+
+    cfg, results, _ = graded
+    with gradebook(cfg.course) as gb:
+        for s, r in results.items():
+            if r["notebook"]:
+                sub = gb.find_submission_notebook(A, A, s)
+                auto = {g.name: g.auto_score for g in sub.grades if g.name in r["tests"]}
+                assert auto == {k: t["score"] for k, t in r["tests"].items()}, (s, auto)
+    dup = nbformat.read(Course(cfg).autograded_notebook("duplicated", A), as_version=4)
+    doubles = [c for c in dup.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "double"]
+    assert len(doubles) == 1 and "3 * x" not in doubles[0].source and "return 2 * x" in doubles[0].source
+    assert results["duplicated"]["score"] == 3.0
+
+
 def test_feedback_shows_messages_and_points_but_never_hidden_tests(graded):
-    cfg = graded[0]
+    """nbgrader's own feedback, one page per graded notebook, with the hidden tests kept out."""
+    cfg, results, _ = graded
     paths = write_feedback(cfg, [A])
-    assert len(paths) == len(EXPECTED)
+    assert sorted(p.parent.parent.name for p in paths) == sorted(s for s, r in results.items() if r["notebook"])
     for p in paths:
         text = p.read_text()
-        assert "SECRET-HIDDEN-MARKER" not in text and "BEGIN HIDDEN" not in text and "manual_seed(1)" not in text
-    wrong = (cfg.feedback / "wrong" / A / "feedback.html").read_text()
-    assert "row means of a random tensor" in wrong and "0 / 2" in wrong and "1 / 1" in wrong
+        assert "SECRET-HIDDEN-MARKER" not in text and "BEGIN HIDDEN" not in text and "manual_seed(2)" not in text
+        assert "LEAK [" not in text and "generator(" not in text  # the student's exception text (its own code may say LEAK)
+    wrong = (cfg.feedback / "wrong" / A / f"{A}.html").read_text()
+    assert "row means of a random tensor" in wrong and "Score: 0.0 / 2.0" in wrong and "Score: 1.0 / 1.0" in wrong
 
 
 def test_export_has_one_row_per_student_with_status_and_question_columns(graded):
@@ -411,24 +430,25 @@ def test_manual_round_trip_and_validation(graded):
 
 def test_rerun_resumes_regrades_changes_and_keeps_old_grades_on_grader_failure(graded, monkeypatch):
     cfg, results, _ = graded
-    before = {s: load_result(cfg, A, s)["graded_at"] for s in ("correct", "wrong")}
+    before = {s: load_result(cfg, A, s).graded_at for s in ("correct", "wrong")}
     submit(cfg, "wrong", variant(), "toy.ipynb")  # resubmitted, now correct
     time.sleep(1.1)
-    again = {r["student"]: r for r in autograde(cfg, [A], only=["correct", "wrong"], progress=False)}
-    assert again["correct"]["graded_at"] == before["correct"], "unchanged submissions are not regraded"
-    assert again["wrong"]["score"] == 3.0 and again["wrong"]["graded_at"] != before["wrong"]
+    again = {r.student: r for r in autograde(cfg, [A], only=["correct", "wrong"], progress=False)}
+    assert again["correct"].graded_at == before["correct"], "unchanged submissions are not regraded"
+    assert again["wrong"].score == 3.0 and again["wrong"].graded_at != before["wrong"]
     import grader.autograde as ag
 
-    monkeypatch.setattr(ag, "run_child", lambda cfg, s, a: {"student": s, "assignment": a, "status": "grader_error",
-                                                            "reason": "boom", "score": 0.0, "tests": {}})
+    from grader.results import SubmissionResult
+
+    monkeypatch.setattr(ag, "run_child", lambda cfg, s, a: SubmissionResult.grader_error(s, a, "boom"))
     kept = autograde(cfg, [A], only=["correct"], force=True, progress=False)[0]
-    assert kept["status"] == "graded" and kept["score"] == 3.0 and kept["last_error"] == "boom"
-    assert load_result(cfg, A, "correct")["score"] == 3.0
+    assert (kept.status, kept.score, kept.last_error) == ("graded", 3.0, "boom")
+    assert load_result(cfg, A, "correct").score == 3.0
 
 
 def test_grading_is_deterministic(graded):
     cfg, results, _ = graded
-    again = autograde(cfg, [A], only=["monkeypatch"], force=True, progress=False)[0]
+    again = autograde(cfg, [A], only=["monkeypatch"], force=True, progress=False)[0].to_json()
     keep = ("status", "score", "tests", "reason")
     assert {k: again[k] for k in keep} == {k: results["monkeypatch"][k] for k in keep}
 
@@ -441,37 +461,19 @@ def test_a_locked_gradebook_is_waited_for_not_corrupted(graded):
     db.execute("BEGIN EXCLUSIVE")  # another process holds the gradebook for a while
     threading.Timer(3.0, db.rollback).start()
     t0 = time.monotonic()
-    record(cfg, results["wrong"])
+    record(cfg, load_result(cfg, A, "wrong_hidden"))
     assert time.monotonic() - t0 >= 2.5, "the write waited for the lock"
     with gradebook(cfg.course) as gb:
-        assert gb.find_grade("test_row_means", A, A, "wrong").auto_score == 0.0
-        assert gb.find_grade("test_double", A, A, "wrong").auto_score == 1.0
+        assert gb.find_grade("test_double", A, A, "wrong_hidden").auto_score == 0.0
+        assert gb.find_grade("test_row_means", A, A, "wrong_hidden").auto_score == 2.0
 
 
 def test_a_hang_times_out_with_a_clear_status(tmp_path):
     cfg = make_course(tmp_path, wall_time_s=15, jobs=1)
     submit(cfg, "hang", variant(replace("means", "while True:\n    pass")), "toy.ipynb")
     r = autograde(cfg, [A], progress=False)[0]
-    assert r["status"] == "timeout" and r["score"] == 1.0, r
-    assert r["tests"]["test_row_means"]["state"] == "not graded"
-
-
-def test_cli_help_and_bad_input():
-    out = subprocess.run([sys.executable, "-m", "grader", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "autograde" in out.stdout and "manual-import" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "grader", "manual-import", "/nonexistent.csv"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "cannot be read" in bad.stderr
-
-
-def test_bundled_examples_are_current(tmp_path):
-    """grader/examples/ is generated from the solution and the released notebook (`make examples`)."""
-    from grader.examples import EXAMPLES, build
-
-    build(tmp_path / "ex")
-    made = sorted(p.relative_to(tmp_path / "ex") for p in (tmp_path / "ex").rglob("*") if p.is_file())
-    assert made == sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file()), "run `make examples`"
-    for rel in made:
-        assert (tmp_path / "ex" / rel).read_bytes() == (EXAMPLES / rel).read_bytes(), f"{rel} is stale: run `make examples`"
+    assert (r.status, r.score) == ("timeout", 1.0), r
+    assert r.tests["test_row_means"].state == "not graded"
 
 
 def test_demo_grades_the_example_class_as_expected(tmp_path):
@@ -485,11 +487,12 @@ def test_demo_grades_the_example_class_as_expected(tmp_path):
     rows = list(csv.DictReader((tmp_path / "demo" / "grades.csv").read_text().splitlines()))
     assert {r["student"]: r["status"] for r in rows} == {
         "ada": "graded", "ben": "graded", "cy": "invalid_notebook", "dee": "graded", "eli": "tampered", "fay": "missing"}
-    page = (tmp_path / "demo" / "feedback" / "ben" / ASSIGNMENT / "feedback.html").read_text()
+    page = (tmp_path / "demo" / "feedback" / "ben" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
     import html
+    import re
 
     message = ben["tests"]["test_induction_score"]["message"]
-    assert "induction_score" in message and html.escape(message) in page
+    assert "induction_score" in message and message in html.unescape(re.sub(r"<[^>]+>", "", page))
     assert "BEGIN HIDDEN" not in page and "diagonal_score" not in page
 
 
@@ -508,8 +511,8 @@ def test_a_long_check_in_the_judge_still_ends_at_the_wall_limit(tmp_path):
     t0 = time.monotonic()
     r = autograde(cfg, [A], progress=False, record=False)[0]
     assert time.monotonic() - t0 < 20 + 30, "the submission ended at its wall limit"
-    assert (r["status"], r["score"]) == ("timeout", 1.0), r
-    assert r["tests"]["test_row_means"] == {"points": 2.0, "score": 0.0, "state": "not graded",
+    assert (r.status, r.score) == ("timeout", 1.0), r
+    assert r.tests["test_row_means"].to_json() == {"points": 2.0, "score": 0.0, "state": "not graded",
                                             "message": "not graded: the notebook ran past its time limit (while its tests were checked)"}
 
 
@@ -526,8 +529,8 @@ def test_the_same_file_regraded_draws_the_same_hidden_inputs_and_other_content_o
         nb = variant(_with_test("test_double", probe))
         nb.cells.append(nbformat.v4.new_markdown_cell(f"variant {i}"))
         submit(cfg, f"s{i}", nb, "toy.ipynb")
-    first = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False)}
-    again = {r["student"]: r for r in autograde(cfg, [A], progress=False, record=False, force=True)}
+    first = {r.student: r.to_json() for r in autograde(cfg, [A], progress=False, record=False)}
+    again = {r.student: r.to_json() for r in autograde(cfg, [A], progress=False, record=False, force=True)}
     for s in ("s0", "s1"):
         hidden.use_submission(submission_key(course_secret(cfg), submission_digest(cfg.submitted / s / A)))
         even = hidden.seed("probe") % 2 == 0
@@ -543,19 +546,20 @@ def test_missing_submissions_start_no_worker(tmp_path, monkeypatch):
     cfg.roster.write_text("student\nabsent\n")
     monkeypatch.setattr(ag, "run_child", lambda *a: pytest.fail("a worker was started for a missing submission"))
     r = autograde(cfg, [A], progress=False, record=False)[0]
-    assert (r["status"], r["score"], r["reason"]) == ("missing", 0.0, "no submission folder")
-    assert r["tests"]["test_double"]["state"] == "not graded"
+    assert (r.status, r.score, r.reason) == ("missing", 0.0, "no submission folder")
+    assert r.tests["test_double"].state == "not graded"
 
 
 def test_feedback_is_world_readable_names_exercises_and_marks_hidden_tests(graded):
     cfg = graded[0]
     write_feedback(cfg, [A])
-    page = cfg.feedback / "wrong_hidden" / A / "feedback.html"
+    page = cfg.feedback / "wrong_hidden" / A / f"{A}.html"
     assert page.stat().st_mode & 0o777 == 0o644 and page.parent.stat().st_mode & 0o777 == 0o755
     text = page.read_text()
-    assert "<td>Toy assignment (test 1 of 2)</td><td>visible + hidden</td>" in text
+    assert "Test: Toy assignment (test 1 of 2) (visible + hidden)" in text
     assert "hidden test failed: double of a random tensor (failed in the hidden part)" in text
-    crashed = (cfg.feedback / "membomb" / A / "feedback.html").read_text()
+    assert "Status: graded" in text
+    crashed = (cfg.feedback / "membomb" / A / f"{A}.html").read_text()
     assert "extra cell" in crashed
     export(cfg, [A])
     rows = list(csv.DictReader(cfg.grades.read_text().splitlines()))
@@ -600,9 +604,9 @@ def test_gpt2_small_loads_in_the_sandbox_from_the_cache_where_hf_home_puts_it(tm
     nbformat.write(variant(edit), cfg.solutions / A / f"{A}.ipynb")
     submit(cfg, "gpt", variant(edit), "toy.ipynb")
     r = autograde(cfg, [A], progress=False, record=False)[0]
-    assert r["cell_errors"] == [], r["cell_errors"]  # the student's process loaded it too, not only the judge
-    assert r["tests"]["test_double"]["state"] == "passed", json.dumps(r, indent=1)[:3000]
-    assert (r["status"], r["score"]) == ("graded", 3.0), r["reason"]
+    assert r.cell_errors == [], r.cell_errors  # the student's process loaded it too, not only the judge
+    assert r.tests["test_double"].state == "passed", r.dumps()[:3000]
+    assert (r.status, r.score) == ("graded", 3.0), r.reason
 
 
 @pytest.mark.slow
@@ -622,6 +626,31 @@ def test_a_whole_solution_grades_in_full_on_a_gpt2_small_shaped_model(tmp_path, 
     shutil.copy(ROOT / "solutions" / nb / f"{nb}.ipynb", cfg.submitted / "sol" / nb / f"{nb}.ipynb")
     t0 = time.monotonic()
     r = autograde(cfg, [nb], progress=False, record=False)[0]
-    print(f"grading {nb} on a GPT-2-small-shaped model: {time.monotonic() - t0:.0f} s, judge peak RSS {r.get('judge_peak_rss_mb')} MB")
-    assert r["status"] == "graded" and r["score"] == r["max_score"], (r["reason"], r.get("worker_log"), r["cell_errors"],
-                                                                      {k: v for k, v in r["tests"].items() if v["state"] != "passed"})
+    print(f"grading {nb} on a GPT-2-small-shaped model: {time.monotonic() - t0:.0f} s, judge peak RSS {r.judge_peak_rss_mb} MB")
+    assert r.status == "graded" and r.score == r.max_score, (r.reason, r.worker_log, r.cell_errors,
+                                                             {k: v for k, v in r.tests.items() if v.state != "passed"})
+
+
+def test_plain_nbgrader_with_the_projects_configuration_grades_in_the_sandbox(tmp_path):
+    """`nbgrader autograde` and `nbgrader generate_feedback` in a course configured by `grader.course.configure`."""
+    from nbgrader.api import Gradebook
+
+    from grader.course import run_nbgrader, write_config
+
+    root = tmp_path / "course"
+    (root / "source" / A).mkdir(parents=True)
+    nbformat.write(source_notebook(), root / "source" / A / f"{A}.ipynb")
+    write_config(root, sandboxed=True)
+    run_nbgrader(root, "generate_assignment", A, "--force")
+    hostile = extra("setup", "import ioi_anomalies.checks as c\nc.check_close = lambda *a, **k: None")  # tests do not run here
+    for s, nb in {"good": variant(), "bad": variant(both(replace("double", "def double(x):\n    return x"), hostile))}.items():
+        (root / "submitted" / s / A).mkdir(parents=True)
+        nbformat.write(nb, root / "submitted" / s / A / f"{A}.ipynb")
+    run_nbgrader(root, "autograde", A, "--force")  # nbgrader adds the students it finds
+    with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
+        assert {s: gb.find_submission(A, s).score for s in ("good", "bad")} == {"good": 3.0, "bad": 2.0}
+    assert "double of X" in json.loads((root / "verdicts" / A / "bad.json").read_text())["tests"]["test_double"]["message"]
+    run_nbgrader(root, "generate_feedback", A, "--force")
+    pages = sorted((root / "feedback").rglob("*.html"))
+    assert [p.relative_to(root / "feedback").as_posix() for p in pages] == [f"bad/{A}/{A}.html", f"good/{A}/{A}.html"]
+    assert not any("BEGIN HIDDEN" in p.read_text() or "SECRET-HIDDEN-MARKER" in p.read_text() for p in pages)
