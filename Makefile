@@ -48,8 +48,9 @@ demo: setup
 clean:
 	rm -rf $(VENV) build demo-output
 
+# The engine against the plain implementation (tools.bench), then the grading benchmarks (BENCH_ARGS="--n 4": short).
 bench: setup
-	HF_HUB_OFFLINE=1 $(PY) -m ioi_anomalies.bench $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.bench
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench $(BENCH_ARGS)
 
 # One full submission (plain nbgrader vs the project's grader, cold and warm reference cache), then N submissions on 1 vs 2 workers.

@@ -1,4 +1,4 @@
-"""Grading benchmarks; one JSON object per line, like ``ioi_anomalies.bench``.
+"""Grading benchmarks; one JSON object per line, like ``tools.bench``.
 
 - ``autograde_full_submission``: one student's solutions of every graded notebook of the series
   (01, 02, 03) graded by plain nbgrader (tests in the student's kernel, no sandbox) as the

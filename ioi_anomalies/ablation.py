@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hooks import assert_no_hooks, run_and_cache
+from .hooks import act_name, assert_no_hooks, run_and_cache
 
 Head = tuple[int, int]
 
@@ -25,7 +25,7 @@ def mean_z_by_template(model, dataset) -> Float[Tensor, "layer batch seq head d_
     are attached, which silently bakes an ablation into the means).
     """
     assert_no_hooks(model, "mean_z_by_template")
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    names = [act_name("z", l) for l in range(model.cfg.n_layers)]
     _, cache = run_and_cache(model, dataset.toks, names, return_logits=False)
     z = torch.stack([cache[n] for n in names])  # [layer, batch, seq, head, d_head]
     means = torch.empty_like(z)

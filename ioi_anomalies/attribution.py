@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hooks import assert_no_hooks, run_and_cache
+from .hooks import act_name, assert_no_hooks, run_and_cache
 
 LNPosition = Literal["end", "last"]
 
@@ -44,7 +44,7 @@ def _rows(dataset, device):
 
 def final_ln_scale(cache: dict, dataset, ln_position: LNPosition = "end") -> Float[Tensor, "batch 1"]:
     """The final LayerNorm scale per prompt, at ``end`` or at the batch's last position."""
-    scale = cache["ln_final.hook_scale"]
+    scale = cache[act_name("scale")]
     if ln_position == "end":
         rows, end = _rows(dataset, scale.device)
         return scale[rows, end]
@@ -56,12 +56,12 @@ def final_ln_scale(cache: dict, dataset, ln_position: LNPosition = "end") -> Flo
 def head_outputs_at_end(model, cache: dict, dataset) -> Float[Tensor, "layer head batch d_model"]:
     """Each head's output ``z @ W_O`` at every prompt's ``end`` position."""
     rows, end = _rows(dataset, model.W_O.device)
-    z = torch.stack([cache[f"blocks.{l}.attn.hook_z"][rows, end] for l in range(model.cfg.n_layers)])
+    z = torch.stack([cache[act_name("z", l)][rows, end] for l in range(model.cfg.n_layers)])
     return einops.einsum(z, model.W_O, "layer batch head d_head, layer head d_head d_model -> layer head batch d_model")
 
 
 def _dla_cache(model, dataset) -> dict:
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"]
+    names = [act_name("z", l) for l in range(model.cfg.n_layers)] + [act_name("scale")]
     _, cache = run_and_cache(model, dataset.toks, names, return_logits=False)
     return cache
 
@@ -100,21 +100,21 @@ def residual_components_at_end(model, dataset) -> tuple[Float[Tensor, "component
     assert_no_hooks(model, "residual_components_at_end")
     L = model.cfg.n_layers
     names = (
-        ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"]
-        + [f"blocks.{l}.attn.hook_z" for l in range(L)]
-        + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+        [act_name("embed"), act_name("pos_embed"), act_name("scale"), act_name("resid_post", L - 1)]
+        + [act_name("z", l) for l in range(L)]
+        + [act_name("mlp_out", l) for l in range(L)]
     )
     _, cache = run_and_cache(model, dataset.toks, names, return_logits=False)
     rows, end = _rows(dataset, model.W_O.device)
     heads = head_outputs_at_end(model, cache, dataset)
-    parts, labels = [cache["hook_embed"][rows, end], cache["hook_pos_embed"][rows, end]], ["embed", "pos_embed"]
+    parts, labels = [cache[act_name("embed")][rows, end], cache[act_name("pos_embed")][rows, end]], ["embed", "pos_embed"]
     for l in range(L):
         for h in range(model.cfg.n_heads):
             parts.append(heads[l, h])
             labels.append(f"{l}.{h}")
         parts.append(model.b_O[l].expand(dataset.N, -1))
         labels.append(f"b_O{l}")
-        parts.append(cache[f"blocks.{l}.hook_mlp_out"][rows, end])
+        parts.append(cache[act_name("mlp_out", l)][rows, end])
         labels.append(f"mlp{l}")
     return torch.stack(parts), labels, cache
 

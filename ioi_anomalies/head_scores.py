@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .hooks import assert_no_hooks, run_and_cache
+from .hooks import act_name, assert_no_hooks, run_and_cache
 
 SCORE_TYPES = ("induction", "duplicate", "previous")
 
@@ -51,7 +51,7 @@ def head_type_scores(model, tokens: Int[Tensor, "batch two_seq"]) -> dict[str, F
     if tokens.ndim != 2 or tokens.shape[1] % 2:
         raise ValueError(f"expected repeated tokens [batch, 2 * seq_len], got {tuple(tokens.shape)}.")
     seq_len = tokens.shape[1] // 2
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [act_name("pattern", l) for l in range(model.cfg.n_layers)]
     _, cache = run_and_cache(model, tokens.to(model.cfg.device), names, return_logits=False)
     pattern = torch.stack([cache[n] for n in names], dim=1)  # [batch, layer, head, q, k]
     second = pattern[..., seq_len : 2 * seq_len, :]  # destinations in the second copy

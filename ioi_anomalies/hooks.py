@@ -3,12 +3,22 @@
 A hook added with ``model.add_hook`` and never removed keeps firing in every later forward pass,
 silently changing results (the reference notebook leaves a 9.9 ablation hook on through a whole
 later section). Helpers in this package only add hooks inside ``model.hooks(...)`` context
-managers, which remove them even when an exception escapes.
+managers, which remove them even when an exception escapes. Hook points are named by
+TransformerLens's ``get_act_name`` (:func:`act_name`), never spelled out by hand.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def act_name(kind: str, layer: int | None = None) -> str:
+    """TransformerLens's name of a hook point (``get_act_name``): ``act_name("z", 3)`` is
+    ``"blocks.3.attn.hook_z"``, ``act_name("scale")`` the final LayerNorm's scale. TransformerLens
+    loads on the first call, not when this module is imported."""
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name(kind, layer)
 
 
 def hook_snapshot(model) -> dict[str, tuple]:

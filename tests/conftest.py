@@ -48,6 +48,18 @@ def abc(ioi):
     return ioi.gen_flipped_prompts(ABC_FLIP)
 
 
+# Fixtures that execute whole notebooks or start a browser: a test using one is end to end.
+END_TO_END_FIXTURES = {"report", "handout", "browser", "solution_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses an end-to-end fixture is marked slow, so `make test-fast` skips them all."""
+    unmarked = [item.nodeid for item in items
+                if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they use {sorted(END_TO_END_FIXTURES)}): {unmarked}")
+
+
 def pytest_terminal_summary(terminalreporter):
     """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
     try:
@@ -59,8 +71,28 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="session")
+def solution_run():
+    """Each solution notebook executed once per session in this process, as the judge runs it
+    (``tests/mutation.py``): ``solution_run("02_backup_name_movers")`` is its :class:`NotebookRun`,
+    whose namespace every test that needs the executed solution reuses (the mutation harness, the
+    series' wrong submissions)."""
+    from tests.mutation import NotebookRun
+
+    runs: dict[str, NotebookRun] = {}
+
+    def run(assignment: str) -> NotebookRun:
+        if assignment not in runs:
+            runs[assignment] = NotebookRun(assignment)
+        return runs[assignment]
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def report(tmp_path_factory):
-    """The expected-output pages (``tools.report``), built once per session: (folder, {name: page info})."""
+    """The expected-output pages (``tools.report``), built once per session: (folder, {name: page info}).
+    Building them executes every solution notebook once in the project's kernel, as students run it:
+    the report's and the hand-out's tests share that run."""
     from tools.report import build
 
     out = tmp_path_factory.mktemp("report")

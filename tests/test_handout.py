@@ -32,6 +32,7 @@ def handout(report, tmp_path_factory):
     return folder, archive
 
 
+@pytest.mark.slow  # built from the session's report
 def test_the_handout_holds_notebooks_package_and_pages_only(handout):
     folder, archive = handout
     top = sorted(p.name for p in folder.iterdir())
@@ -46,6 +47,7 @@ def test_the_handout_holds_notebooks_package_and_pages_only(handout):
     assert members == files, "the archive holds the directory"
 
 
+@pytest.mark.slow  # built from the session's report
 def test_nothing_in_the_handout_gives_a_solution_or_a_hidden_test_away(handout, secret_lines):
     from conftest import leaked
 

@@ -23,7 +23,8 @@ from ioi_anomalies import (
 from grader.references.nb01 import path_patch as path_patch_senders_plain
 from grader.references.nb01 import path_patch_logits
 from grader.references.nb01 import sweep_senders as path_patch_heads_to_heads_plain
-from ioi_anomalies.hooks import run_and_cache
+from ioi_anomalies.hooks import act_name, run_and_cache
+from tools import hooks
 
 
 def test_logit_diff_is_a_direct_gather(model, ioi):
@@ -66,7 +67,7 @@ def test_mean_z_by_template_against_a_loop(model, abc):
     means = mean_z_by_template(model, abc)
     _, cache = model.run_with_cache(abc.toks)
     for l in range(model.cfg.n_layers):
-        z = cache[f"blocks.{l}.attn.hook_z"]
+        z = cache[act_name("z", l)]
         for group in abc.groups:
             avg = sum(z[i] for i in group) / len(group)
             for i in group:
@@ -97,7 +98,7 @@ def test_head_type_scores_against_explicit_loops(model):
     windows = {"induction": [(d, d - 6) for d in range(7, 14)], "duplicate": [(d, d - 7) for d in range(7, 14)],
                "previous": [(d, d - 1) for d in range(1, 8)]}
     for l in range(model.cfg.n_layers):
-        p = cache[f"blocks.{l}.attn.hook_pattern"]
+        p = cache[act_name("pattern", l)]
         for kind, pairs in windows.items():
             assert len(pairs) == 7
             vals = [p[b, :, d, s] for b in range(3) for d, s in pairs]
@@ -124,19 +125,9 @@ def test_all_senders_together_equal_patching_every_lower_head(model, ioi, abc):
     for inp in "qkv":
         got = path_patch_senders_plain(model, senders, receivers, inp, metric, ioi, abc)
         _, new_cache = model.run_with_cache(abc.toks)
-        name = f"blocks.2.attn.hook_{inp}"
-
-        def patch_z(z, hook):
-            return new_cache[hook.name]
-
-        with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch_z) for l in range(2)]):
+        with model.hooks(fwd_hooks=[hooks.replace("z", l, new_cache[act_name("z", l)]) for l in range(2)]):
             _, patched = model.run_with_cache(ioi.toks)
-
-        def patch_recv(x, hook):
-            x[:, :, [0, 3]] = patched[name][:, :, [0, 3]]
-            return x
-
-        with model.hooks(fwd_hooks=[(name, patch_recv)]), torch.no_grad():
+        with model.hooks(fwd_hooks=[hooks.patch_heads(inp, 2, [0, 3], patched[act_name(inp, 2)])]), torch.no_grad():
             expected = float(metric(model(ioi.toks)))
         assert abs(got - expected) < 1e-5, inp
         assert abs(got) > 1e-4, "the check must see a real effect"
@@ -198,17 +189,17 @@ def test_helpers_clean_up_when_they_raise(model, ioi, abc):
         raise RuntimeError("hook failed")
 
     with pytest.raises(RuntimeError, match="hook failed"):
-        run_and_cache(model, ioi.toks, ["ln_final.hook_scale"], fwd_hooks=[("blocks.0.attn.hook_z", exploding)])
+        run_and_cache(model, ioi.toks, [act_name("scale")], fwd_hooks=[(act_name("z", 0), exploding)])
     assert hook_snapshot(model) == before
     # caches of the wrong shape make the freezing hook fail in the middle of the forward pass
-    broken = {f"blocks.{l}.attn.hook_z": torch.zeros(1) for l in range(model.cfg.n_layers)}
+    broken = {act_name("z", l): torch.zeros(1) for l in range(model.cfg.n_layers)}
     with pytest.raises((IndexError, RuntimeError)):
         path_patch_logits(model, [(0, 0)], [(1, 0)], "k", ioi.toks, broken, broken)
     assert hook_snapshot(model) == before
 
 
 def test_helpers_refuse_a_model_with_leftover_hooks(model, ioi, abc):
-    model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z)
+    model.add_hook(act_name("z", 0), lambda z, hook: z)
     try:
         with pytest.raises(RuntimeError, match="reset_hooks"):
             head_dla(model, ioi)

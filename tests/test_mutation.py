@@ -19,24 +19,28 @@ ASSIGNMENTS = {p.name[:2]: p.name for p in (ROOT / "solutions").iterdir() if p.i
 MUTANT_FILES = sorted(p.stem for p in (Path(__file__).parent / "mutants").glob("nb[0-9][0-9].py"))
 CASES = [(f, m) for f in MUTANT_FILES for m in importlib.import_module(f"tests.mutants.{f}").MUTANTS]
 
-_runs: dict[str, NotebookRun] = {}
+pytestmark = pytest.mark.slow  # whole notebooks, executed in this process
 
 
-def run_of(file: str) -> NotebookRun:
-    if file not in _runs:
-        _runs[file] = NotebookRun(ASSIGNMENTS[file[2:]])
-    return _runs[file]
+@pytest.fixture()
+def run_of(solution_run):
+    """The session's execution of a mutant file's solution notebook (conftest's ``solution_run``)."""
+
+    def of(file: str) -> NotebookRun:
+        return solution_run(ASSIGNMENTS[file[2:]])
+
+    return of
 
 
 @pytest.mark.parametrize("file", MUTANT_FILES)
-def test_the_solution_passes_every_test(file):
+def test_the_solution_passes_every_test(file, run_of):
     run = run_of(file)
     assert run.test_ids, "the notebook has graded tests"
     assert not run.test_errors, run.test_errors
 
 
 @pytest.mark.parametrize("file", MUTANT_FILES)
-def test_the_solution_passes_for_other_submission_keys(file):
+def test_the_solution_passes_for_other_submission_keys(file, run_of):
     """Hidden tests draw other inputs for every submission; the right answer passes them all."""
     run = run_of(file)
     for key in (b"another student",):
@@ -45,14 +49,14 @@ def test_the_solution_passes_for_other_submission_keys(file):
 
 
 @pytest.mark.parametrize("file", MUTANT_FILES)
-def test_every_graded_test_has_mutants(file):
+def test_every_graded_test_has_mutants(file, run_of):
     run = run_of(file)
     named = {t for f, m in CASES if f == file for t in m.fails}
     assert named == set(run.test_ids), f"tests without a mutant: {sorted(set(run.test_ids) - named)}"
 
 
 @pytest.mark.parametrize("file,mutant", CASES, ids=[f"{f}: {m.label}" for f, m in CASES])
-def test_mutant_is_caught(file, mutant):
+def test_mutant_is_caught(file, mutant, run_of):
     run = run_of(file)
     survivors = run.survivors(mutant)
     caught, tried = SCORES.get(file, (0, 0))

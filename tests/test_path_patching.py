@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ioi_anomalies import make_ioi_metric, make_logit_diff_metric
+from ioi_anomalies.hooks import act_name
 from grader.references.nb01 import path_patch as path_patch_senders_plain
 from grader.references.nb01 import path_patch_logits, z_cache
 from grader.references.nb01 import sweep_senders as path_patch_heads_to_heads_plain
@@ -25,8 +26,8 @@ def test_engine_forward_is_the_models_forward(model, ioi):
     run = forward_clean(Weights.of(model), ioi.toks)
     _, cache = model.run_with_cache(ioi.toks)
     for l in range(model.cfg.n_layers):
-        torch.testing.assert_close(run.resid_pre[l], cache[f"blocks.{l}.hook_resid_pre"], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(run.z[l], cache[f"blocks.{l}.attn.hook_z"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.resid_pre[l], cache[act_name("resid_pre", l)], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.z[l], cache[act_name("z", l)], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_attribution_patching_tracks_the_exact_result(model, ioi, abc):
 
 def test_engine_refuses_leftover_hooks(model, ioi, abc):
     metric = make_ioi_metric(model, ioi, abc)
-    model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z)
+    model.add_hook(act_name("z", 0), lambda z, hook: z)
     try:
         with pytest.raises(RuntimeError, match="reset_hooks"):
             PathPatchingEngine(model, ioi, abc, metric)

@@ -16,7 +16,7 @@ import pytest
 from grader.config import ROOT
 
 README = (ROOT / "README.md").read_text()
-CLIS = ["grader.__main__", "ioi_anomalies.validate", "tools.report", "tools.demo", "tools.lab", "tools.handout"]
+CLIS = ["grader.__main__", "ioi_anomalies.validate", "tools.report", "tools.demo", "tools.lab", "tools.handout", "tools.bench"]
 
 
 def _commands() -> list[str]:

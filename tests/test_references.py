@@ -25,6 +25,7 @@ import grader.references
 import ioi_anomalies
 from grader.course import ROOT
 from grader.intake import HIDDEN
+from ioi_anomalies.hooks import act_name
 
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
 
@@ -117,8 +118,8 @@ def _functions(obj):
 def _package_modules():
     yield ioi_anomalies
     for info in pkgutil.walk_packages(ioi_anomalies.__path__, "ioi_anomalies."):
-        if info.name.endswith((".train_embedded", ".model_card", ".demo", ".bench")):
-            continue  # command-line tools, not importable answers; they import no reference either
+        if info.name.endswith(".train_embedded"):
+            continue  # a command-line tool, not an importable answer (it moves to tools/); it imports no reference either
         yield importlib.import_module(info.name)
 
 
@@ -149,6 +150,17 @@ def test_the_code_check_would_see_a_copied_reference():
     copy = types.FunctionType(nb01.window_score.__code__, {}, "renamed")
     assert _code_key(copy) == _code_key(nb01.window_score)
     assert _code_key(nb01.previous_token_score) != _code_key(nb01.window_score)
+
+
+# Command-line entry points students run; every other script (benchmarks, demo, report, training) lives in tools/.
+STUDENT_COMMANDS = {"validate"}
+MOVING_TO_TOOLS = {"train_embedded"}
+
+
+def test_the_package_holds_no_command_line_tool_students_do_not_use():
+    scripts = sorted(p.stem for p in (ROOT / "ioi_anomalies").rglob("*.py") if "__main__" in p.read_text() and p.stem != "__init__")
+    assert set(scripts) - MOVING_TO_TOOLS == STUDENT_COMMANDS, f"move {sorted(set(scripts) - STUDENT_COMMANDS - MOVING_TO_TOOLS)} to tools/"
+    assert (ROOT / "tools" / "bench.py").exists() and not (ROOT / "ioi_anomalies" / "bench.py").exists()
 
 
 PATH_PATCHING_API = {"path_patch_heads_to_heads", "path_patch_senders", "PathPatchingEngine", "attribution_path_patching",
@@ -216,6 +228,6 @@ def test_package_head_type_scores_use_the_same_windows(model):
     scores = head_type_scores(model, toks)
     _, cache = model.run_with_cache(toks)
     for l in range(model.cfg.n_layers):
-        expected = _loop_windows(cache[f"blocks.{l}.attn.hook_pattern"], 6)
+        expected = _loop_windows(cache[act_name("pattern", l)], 6)
         for kind in ("previous", "duplicate", "induction"):
             torch.testing.assert_close(scores[kind][l].double(), expected[kind], atol=1e-6, rtol=0)

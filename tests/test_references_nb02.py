@@ -12,6 +12,8 @@ import torch
 import ioi_anomalies
 from grader.references import nb02 as ref
 from ioi_anomalies import circuit_keep_masks, head_dla, logit_diff, mean_z_by_template
+from ioi_anomalies.hooks import act_name
+from tools import hooks
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,10 @@ def test_top_head_against_a_loop():
 
 def test_end_ablation_hook_changes_only_the_head_at_end(model, ioi, means):
     hook = ref.end_ablation_hook(2, means[1], ioi.word_idx["end"])
-    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", hook)]):
+    with model.hooks(fwd_hooks=[(act_name("z", 1), hook)]):
         _, cache = model.run_with_cache(ioi.toks)
     _, clean = model.run_with_cache(ioi.toks)
-    z, z0 = cache["blocks.1.attn.hook_z"], clean["blocks.1.attn.hook_z"]
+    z, z0 = cache[act_name("z", 1)], clean[act_name("z", 1)]
     rows, end = torch.arange(ioi.N), ioi.word_idx["end"]
     torch.testing.assert_close(z[rows, end, 2], means[1, rows, end, 2])
     mask = torch.ones(z.shape[:3], dtype=torch.bool)
@@ -54,7 +56,7 @@ def test_dla_before_after(model, ioi, means):
     clean = logit_diff(model(ioi.toks), ioi).item()
     assert naive == pytest.approx(clean - head_dla(model, ioi)[2, 1].item(), abs=1e-5)
     hook = ref.end_ablation_hook(1, means[2], ioi.word_idx["end"])
-    with model.hooks(fwd_hooks=[("blocks.2.attn.hook_z", hook)]):
+    with model.hooks(fwd_hooks=[(act_name("z", 2), hook)]):
         _, cache = model.run_with_cache(ioi.toks)
         logits = model(ioi.toks)
     assert measured == pytest.approx(logit_diff(logits, ioi).item(), abs=1e-5)
@@ -65,10 +67,10 @@ def test_dla_before_after(model, ioi, means):
 def test_final_ln_scale_ratio(model, ioi, means):
     hook = ref.end_ablation_hook(1, means[2], ioi.word_idx["end"])
     _, clean = model.run_with_cache(ioi.toks)
-    with model.hooks(fwd_hooks=[("blocks.2.attn.hook_z", hook)]):
+    with model.hooks(fwd_hooks=[(act_name("z", 2), hook)]):
         _, ablated = model.run_with_cache(ioi.toks)
     rows, end = torch.arange(ioi.N), ioi.word_idx["end"]
-    expected = (clean["ln_final.hook_scale"][rows, end, 0] / ablated["ln_final.hook_scale"][rows, end, 0]).mean().item()
+    expected = (clean[act_name("scale")][rows, end, 0] / ablated[act_name("scale")][rows, end, 0]).mean().item()
     got = ref.final_ln_scale_ratio(model, ioi, means, (2, 1))
     assert got == pytest.approx(expected, abs=1e-6) and abs(got - 1) > 1e-5
     assert ref.ln_scale_ratio(torch.tensor([2.0, 4.0]), torch.tensor([1.0, 4.0])) == pytest.approx(1.5)
@@ -79,11 +81,7 @@ def test_ablated_logit_diff_keeps_or_replaces(model, ioi, means):
     shape = (n, seq, model.cfg.n_heads)
     clean = logit_diff(model(ioi.toks), ioi).item()
     assert ref.ablated_logit_diff(model, ioi, means, [torch.ones(shape, dtype=torch.bool)] * model.cfg.n_layers) == pytest.approx(clean, abs=1e-5)
-
-    def to_means(layer):
-        return lambda z, hook: means[layer].clone()
-
-    with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", to_means(l)) for l in range(model.cfg.n_layers)]):
+    with model.hooks(fwd_hooks=[hooks.mean_ablate(l, means[l]) for l in range(model.cfg.n_layers)]):
         all_means = logit_diff(model(ioi.toks), ioi).item()
     none = [torch.zeros(shape, dtype=torch.bool)] * model.cfg.n_layers
     assert ref.ablated_logit_diff(model, ioi, means, none) == pytest.approx(all_means, abs=1e-5)

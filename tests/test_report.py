@@ -20,6 +20,7 @@ from grader.config import ROOT
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
 
 
+@pytest.mark.slow  # executes every solution notebook (the session's report)
 def test_the_report_has_a_page_per_notebook_and_an_index(report):
     out, pages = report
     assert sorted(pages) == ASSIGNMENTS
@@ -35,6 +36,7 @@ def test_the_report_has_a_page_per_notebook_and_an_index(report):
     assert all(pages[n]["plots"] >= 1 for n in ("01_early_induction_heads", "02_backup_name_movers", "03_positional_vs_token_signal"))
 
 
+@pytest.mark.slow  # a browser on the session's report
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_page_renders_in_chromium_without_errors(report, browser, name):
     out, pages = report
@@ -78,6 +80,7 @@ def test_student_notebooks_link_their_report_page(name):
 LINK = re.compile(r"\]\(([^)\s]+)\)|href=[\"']([^\"']+)[\"']")
 
 
+@pytest.mark.slow  # executes every solution notebook (the session's report)
 def test_every_link_from_the_notebooks_resolves_after_make_demo(report):
     """Relative links from notebooks/ point at files of a checkout, or at pages `make demo` builds (build/report/)."""
     import nbformat
@@ -104,6 +107,7 @@ def test_every_link_from_the_notebooks_resolves_after_make_demo(report):
     assert "-m tools.report" in make, "make demo builds the expected-output pages"
 
 
+@pytest.mark.slow  # executes every solution notebook (the session's report)
 def test_the_pages_show_no_solution_and_no_hidden_test(report, secret_lines):
     from conftest import leaked
 

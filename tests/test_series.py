@@ -1,8 +1,8 @@
 """The exercise series: release reproduces notebooks/, sources are clean, grading behaves.
 
-Autograding runs nbgrader on the embedded model: the solution earns full marks, the untouched
-student notebook earns 0 on every autograded cell, and a prepared wrong submission earns the
-partial score it deserves.
+Autograding runs the project's grader on the embedded model: the solution earns full marks and the
+untouched student notebook earns 0 on every autograded cell; a prepared wrong submission loses
+exactly the points of its wrong answers (checked on the session's in-process run of the solution).
 """
 
 from __future__ import annotations
@@ -105,31 +105,52 @@ def test_every_graded_assignment_has_a_wrong_submission_test():
     assert set(WRONG) == set(ASSIGNMENTS) - UNGRADED
 
 
+def _wrong_cells(run, assignment: str) -> dict[str, str]:
+    """The answer cells of WRONG[assignment]'s submission, by grade id (each edit's target found once)."""
+    cells: dict[str, str] = {}
+    for old, new in WRONG[assignment][0]:
+        hits = [g for g in run.order if old in cells.get(g, run.source[g])]
+        assert len(hits) == 1, f"edit target not found once: {old!r}"
+        cells[hits[0]] = cells.get(hits[0], run.source[hits[0]]).replace(old, new)
+    return cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", sorted(WRONG))
+def test_a_wrong_submission_loses_exactly_the_points_of_its_wrong_answers(assignment, solution_run):
+    """Partial credit on the real notebooks: the wrong answers fail their own tests and no other, run
+    as the judge runs them (answer cells in the student's namespace, visible and hidden tests)
+    on the session's execution of the solution. The sandboxed grader's partial scores are checked
+    end to end on notebook 01 (test_grader's demo test)."""
+    from tests.mutation import Mutant
+
+    run = solution_run(assignment)
+    failing = WRONG[assignment][1]
+    assert failing < set(run.test_ids), "the wrong answers fail some tests, not all"
+    passing = run.survivors(Mutant(f"{assignment}: wrong", _wrong_cells(run, assignment), run.test_ids))
+    assert set(passing) == set(run.test_ids) - failing, {"fail but should pass": sorted(set(run.test_ids) - failing - set(passing)),
+                                                          "pass but should fail": sorted(failing & set(passing))}
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("shutil").which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
 @pytest.mark.parametrize("assignment", sorted(set(WRONG) - {"01_early_induction_heads"}))  # 01: test_grader's demo test
-def test_autograding_full_zero_and_partial(assignment, tmp_path):
-    """The project's grader (sandboxed, tests judged outside the student's process) on the real notebooks."""
+def test_autograding_full_and_zero(assignment, tmp_path):
+    """The project's grader (sandboxed, tests judged outside the student's process) on the real notebooks:
+    the solution earns full marks, the untouched student notebook 0 on every test."""
     from grader.autograde import autograde as grade_class
     from grader.config import Config
 
     solution = ROOT / "solutions" / assignment / f"{assignment}.ipynb"
-    edits, failing = WRONG[assignment]
-    wrong = _nb(solution)
-    for old, new in edits:
-        hits = [c for c in wrong.cells if old in c.source]
-        assert len(hits) == 1, f"edit target not found once: {old!r}"
-        hits[0].source = hits[0].source.replace(old, new)
     cfg = Config(submitted=tmp_path / "submitted", results=tmp_path / "results", course=tmp_path / "course",
                  grades=tmp_path / "grades.csv", roster=tmp_path / "roster.csv", jobs=2)
-    for student, nb in {"correct": _nb(solution), "untouched": _nb(ROOT / "notebooks" / assignment / f"{assignment}.ipynb"),
-                        "wrong": wrong}.items():
+    for student, nb in {"correct": _nb(solution), "untouched": _nb(ROOT / "notebooks" / assignment / f"{assignment}.ipynb")}.items():
         (cfg.submitted / student / assignment).mkdir(parents=True)
         nbformat.write(nb, cfg.submitted / student / assignment / f"{assignment}.ipynb")
     results = {r["student"]: r for r in grade_class(cfg, [assignment], progress=False, record=False)}
     tests = results["correct"]["tests"]
     assert tests and all(t["state"] == "passed" for t in tests.values()), {k: t["message"] for k, t in tests.items()}
-    assert results["correct"]["status"] == results["untouched"]["status"] == results["wrong"]["status"] == "graded"
+    assert results["correct"]["status"] == results["untouched"]["status"] == "graded"
+    assert set(results["untouched"]["tests"]) == set(tests)
     assert all(t["score"] == 0 for t in results["untouched"]["tests"].values()), results["untouched"]["tests"]
-    for k, t in results["wrong"]["tests"].items():
-        assert t["score"] == (0 if k in failing else t["points"]), (k, t)
-    assert 0 < results["wrong"]["score"] < results["correct"]["score"] == results["correct"]["max_score"]
+    assert results["correct"]["score"] == results["correct"]["max_score"] > 0

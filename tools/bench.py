@@ -1,4 +1,4 @@
-"""`make bench`: the project's benchmarks, each side by side with its baseline in one process.
+"""``python -m tools.bench`` (first step of ``make bench``): the project's benchmarks, each side by side with its baseline in one process.
 
 Prints one JSON object per line with ``name``, ``baseline_s``, ``project_s``, ``speedup``,
 ``max_abs_diff``, ``peak_rss_mb``, ``model``, ``n_prompts`` and ``device``. Timings are figures
@@ -27,8 +27,8 @@ def gpt2_small_shaped(device: str):
     """A GPT-2-small-shaped model with random weights, booted like the real one."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from .models import load_model
-    from .tokenizer import save_tokenizer
+    from ioi_anomalies.models import load_model
+    from ioi_anomalies.tokenizer import save_tokenizer
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="gpt2-small-shaped-"))
@@ -43,9 +43,9 @@ def _sync(device: str) -> None:
 
 
 def bench_path_patching(name, model, model_name, receivers, which, n, seed, device, skip_baseline=False, budget_mb=128.0):
-    from . import ABC_FLIP, IOIDataset, make_ioi_metric
+    from ioi_anomalies import ABC_FLIP, IOIDataset, make_ioi_metric
     from grader.references.nb01 import sweep_senders as plain_sweep  # two forward passes per sender, with hooks
-    from .path_patching import path_patch_heads_to_heads
+    from ioi_anomalies.path_patching import path_patch_heads_to_heads
 
     ioi = IOIDataset("mixed", N=n, tokenizer=model.tokenizer, seed=seed, device=device)
     abc = ioi.gen_flipped_prompts(ABC_FLIP)
@@ -75,11 +75,11 @@ def bench_path_patching(name, model, model_name, receivers, which, n, seed, devi
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     p.add_argument("--only", nargs="*", default=None, help="run only these benchmarks (by name)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--n", type=int, default=25, help="number of IOI prompts (default: 25)")
+    p.add_argument("--seed", type=int, default=1, help="dataset seed (default: 1)")
     p.add_argument("--budget-mb", type=float, default=None,
                    help="the engine's working-memory budget per chunk (default: 128 MB on the CPU, 4096 MB on a GPU)")
     a = p.parse_args(argv)
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
             print(json.dumps({**row, **machine}), flush=True)
         del model
     if want("embedded"):
-        from .circuit import get_circuit
-        from .models import EMBEDDED_MODEL, load_model
+        from ioi_anomalies.circuit import get_circuit
+        from ioi_anomalies.models import EMBEDDED_MODEL, load_model
 
         model = load_model("embedded", device=a.device, verbose=False)
         circuit = get_circuit(model)
