@@ -9,14 +9,17 @@
   and with 2;
 - ``autograde_cluster``: the same N submissions graded locally with 2 workers (baseline) and on a
   Dask ``LocalCluster`` of 2 single-threaded worker processes (``--cluster local:2``, its start
-  included), with the same scores.
+  included), with the same scores;
+- ``autograde_gpt2_shape``: each graded notebook's solution graded with ``model = "gpt2-small"`` on
+  a GPT-2-small-shaped stand-in (random weights in the hub's cache layout under a temporary
+  ``HF_HOME``: no download), one line per notebook with its time, score and the judge's peak memory.
 
 Every run starts from an empty reference cache of its own (``IOI_GRADER_REFERENCE_CACHE``), which
 the jobs of that run share. ``--profile`` adds, per notebook, where one submission's time went (the
 judge's ``timings``: its start, the worker's cells, the judge's locked cells, tests, references).
 
-Run with ``make bench`` (all three), ``make bench-grader`` (the first two) and ``make bench-cluster``
-(the third); ``BENCH_ARGS="--n 4"`` for a short run.
+Run with ``make bench`` (all four), ``make bench-grader`` (the first two) and ``make bench-cluster``
+(the third); ``BENCH_ARGS="--n 4"`` for a short run, ``--only gpt2`` for the GPT-2-small shape.
 """
 
 from __future__ import annotations
@@ -159,22 +162,80 @@ def bench_cluster(n: int) -> dict:
             "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "n_prompts": 25, "machine": _machine()}
 
 
+def gpt2_shaped_cache(hf_home: Path) -> None:
+    """A GPT-2-small-shaped model with random weights, saved in the hub cache layout as 'openai-community/gpt2'."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ioi_anomalies.tokenizer import save_tokenizer
+
+    repo = Path(hf_home) / "hub" / "models--openai-community--gpt2"
+    snap = repo / "snapshots" / ("0" * 40)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(snap)
+    save_tokenizer(snap)
+    for f in snap.iterdir():  # as the hub writes its cache (safetensors alone would leave the weights 0600)
+        f.chmod(0o644)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_gpt2_shape() -> list[dict]:
+    """Every graded notebook's solution, graded on a GPT-2-small-shaped stand-in, one line per notebook."""
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gpt2_shaped_cache(tmp / "hf")
+        assignments = tuple(graded_assignments(load()))
+        cfg = _class(tmp / "class", 1, assignments).with_(model="gpt2-small", jobs=1, wall_time_s=3600.0)
+        with _env(HF_HOME=str(tmp / "hf"), HF_HUB_CACHE=str(tmp / "hf" / "hub")), _reference_cache(tmp / "references"):
+            for a in assignments:
+                t0 = time.perf_counter()
+                r = autograde(cfg, [a], progress=False, record=False, force=True)[0]
+                line = {"name": f"autograde_gpt2_shape_{a}", "assignment": a, "project_s": round(time.perf_counter() - t0, 2),
+                        "status": r["status"], "score": r["score"], "max_score": r["max_score"],
+                        "judge_peak_rss_mb": r.get("judge_peak_rss_mb"), "peak_rss_mb": _peak_rss_mb(),
+                        "model": "gpt2-small shape (12 layers x 12 heads, d_model 768, random weights)", "machine": _machine()}
+                if r["status"] != "graded":
+                    line["reason"] = str(r.get("reason", ""))[:300]
+                lines.append(line)
+                print(json.dumps(line), flush=True)
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["one", "jobs", "cluster"], action="append",
-                   help="which benchmark(s): one (a full submission), jobs, cluster (default: all three)")
+    p.add_argument("--only", choices=["one", "jobs", "cluster", "gpt2"], action="append",
+                   help="which benchmark(s): one (a full submission), jobs, cluster, gpt2 (the GPT-2-small shape) "
+                        "(default: all four)")
     p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks (default 20)")
     p.add_argument("--profile", action="store_true", help="add where one submission's time went, per notebook")
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be at least 1")
-    which = a.only or ["one", "jobs", "cluster"]
+    which = a.only or ["one", "jobs", "cluster", "gpt2"]
     if "one" in which:
         bench_full_submission(a.profile)
     if "jobs" in which:
         print(json.dumps(bench_jobs(a.n)), flush=True)
     if "cluster" in which:
         print(json.dumps(bench_cluster(a.n)), flush=True)
+    if "gpt2" in which:
+        bench_gpt2_shape()
     return 0
 
 

@@ -573,21 +573,10 @@ def test_feedback_is_world_readable_names_exercises_and_marks_hidden_tests(grade
 
 
 def _gpt2_shaped_cache(hf_home: Path) -> None:
-    """A GPT-2-small-shaped model with random weights, saved in the hub cache layout as 'openai-community/gpt2'."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    pytest.importorskip("transformers")
+    from grader.bench import gpt2_shaped_cache
 
-    from ioi_anomalies.tokenizer import save_tokenizer
-
-    repo = hf_home / "hub" / "models--openai-community--gpt2"
-    snap = repo / "snapshots" / ("0" * 40)
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config()).save_pretrained(snap)
-    save_tokenizer(snap)
-    for f in snap.iterdir():  # as the hub writes its cache (safetensors alone would leave the weights 0600)
-        f.chmod(0o644)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("0" * 40)
+    gpt2_shaped_cache(hf_home)
 
 
 def test_gpt2_small_loads_in_the_sandbox_from_the_cache_where_hf_home_puts_it(tmp_path, monkeypatch):
