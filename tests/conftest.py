@@ -103,7 +103,7 @@ def report(tmp_path_factory):
 def _secret_lines() -> set[str]:
     """Lines students must never receive: solution regions, model answers, hidden tests, hidden tests' references.
 
-    Lines that also occur in what students get anyway (the released notebooks, the package) and short
+    Lines that also occur in what students get anyway (the released notebooks, the package, also inside a longer line) and short
     lines (``return x``, ``else:``) are left out: they give nothing away.
     """
     import re
@@ -131,7 +131,9 @@ def _secret_lines() -> set[str]:
             public.update(line.strip() for line in cell.source.splitlines())
     for path in sorted((ROOT / "ioi_anomalies").rglob("*.py")):
         public.update(line.strip() for line in path.read_text().splitlines())
-    return {s for s in secret - public if len(s) >= 16 and not s.startswith("###") and "YOUR CODE HERE" not in s}
+    shipped = "\n".join(public)  # a secret line that occurs inside a public one is given out anyway
+    return {s for s in secret - public
+            if len(s) >= 16 and not s.startswith("###") and "YOUR CODE HERE" not in s and s not in shipped}
 
 
 @pytest.fixture(scope="session")
