@@ -638,59 +638,15 @@ class Roles:
         return torch.nn.functional.cross_entropy(pair, torch.zeros(len(rows), dtype=torch.long))
 
 
-    def _sender_iit(self, toks, info, rows, ends, s2) -> torch.Tensor:
-        """Interchange intervention on the S-inhibition heads' keys: the duplicate-token, induction and fuzzy
-        induction heads' outputs at S2 are taken from the "XYZ" prompt (three fresh names, so S2 is no
-        repeat); the S-inhibition heads at END must then stop attending S2, as they would on that prompt.
-        Each batch patches all of these senders or one alone (chosen at random), so that the S-inhibition
-        heads' keys depend on each of them: what path patching into those keys measures. The loss is the patched
-        run's attention END -> S2."""
-        senders = self.layout["duplicate token"] + self.layout["induction"] + self.layout["fuzzy induction"]
-        pick = int(torch.randint(0, len(senders) + 1, (1,)))
-        heads = senders if pick == len(senders) else [senders[pick]]
-        src = {}
-        grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, s2].detach()) or z) for l in {l for l, _ in heads}}
-        hooks = self._z_hooks(grab)
-        try:
-            with torch.no_grad():
-                self.model.transformer(info["xyz"])
-        finally:
-            for h in hooks:
-                h.remove()
-
-        def put(layer):
-            def fn(z):
-                z = z.clone()
-                for l, h in heads:
-                    if l == layer:
-                        sl = self._head(None, h)
-                        z[rows, s2, sl] = src[l][:, sl]
-                return z
-            return fn
-        hooks = self._z_hooks({l: put(l) for l in src})
-        try:
-            att = self.model.transformer(toks, output_attentions=True).attentions
-        finally:
-            for h in hooks:
-                h.remove()
-        # the attention itself, not -log(1 - p): a run with that unbounded loss (weight 1.0) lowered the S-inhibition
-        # heads' attention to S2 everywhere, clean prompts included, and did not learn IOI (2.4 at step 1,400)
-        return torch.stack([att[l][rows, h, ends, s2] for l, h in self.layout["s2 inhibition"]]).mean()
-
-
-    def _prev_sender_iit(self, toks, info, rows, s1, s2) -> torch.Tensor:
-        """Interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 (which
-        say which name came before) are taken, all together, from the XYZ prompt; the induction heads at S2 must
-        then stop attending S1+1. Both senders are always patched together, so either alone may still do: what
-        the multi-sender exercise measures. The loss is the patched run's attention S2 -> S1+1."""
-        heads = self.layout["previous token"]
-        at = s1 + 1
+    def _interchanged_attentions(self, toks, xyz, heads, rows, at):
+        """Attention patterns of ``toks`` with ``heads``' outputs at position ``at`` (per row) taken from the
+        ``xyz`` prompts (the interchange intervention both objectives below share)."""
         src = {}
         grab = {l: (lambda z, l=l: src.__setitem__(l, z[rows, at].detach()) or z) for l in {l for l, _ in heads}}
         hooks = self._z_hooks(grab)
         try:
             with torch.no_grad():
-                self.model.transformer(info["xyz"])
+                self.model.transformer(xyz)
         finally:
             for h in hooks:
                 h.remove()
@@ -706,10 +662,33 @@ class Roles:
             return fn
         hooks = self._z_hooks({l: put(l) for l in src})
         try:
-            att = self.model.transformer(toks, output_attentions=True).attentions
+            return self.model.transformer(toks, output_attentions=True).attentions
         finally:
             for h in hooks:
                 h.remove()
+
+    def _sender_iit(self, toks, info, rows, ends, s2) -> torch.Tensor:
+        """Interchange intervention on the S-inhibition heads' keys: the duplicate-token, induction and fuzzy
+        induction heads' outputs at S2 are taken from the "XYZ" prompt (three fresh names, so S2 is no
+        repeat); the S-inhibition heads at END must then stop attending S2, as they would on that prompt.
+        Each batch patches all of these senders or one alone (chosen at random), so that the S-inhibition
+        heads' keys depend on each of them: what path patching into those keys measures. The loss is the patched
+        run's attention END -> S2."""
+        senders = self.layout["duplicate token"] + self.layout["induction"] + self.layout["fuzzy induction"]
+        pick = int(torch.randint(0, len(senders) + 1, (1,)))
+        heads = senders if pick == len(senders) else [senders[pick]]
+        att = self._interchanged_attentions(toks, info["xyz"], heads, rows, s2)
+        # the attention itself, not -log(1 - p): a run with that unbounded loss (weight 1.0) lowered the S-inhibition
+        # heads' attention to S2 everywhere, clean prompts included, and did not learn IOI (2.4 at step 1,400)
+        return torch.stack([att[l][rows, h, ends, s2] for l, h in self.layout["s2 inhibition"]]).mean()
+
+    def _prev_sender_iit(self, toks, info, rows, s1, s2) -> torch.Tensor:
+        """Interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 (which
+        say which name came before) are taken, all together, from the XYZ prompt; the induction heads at S2 must
+        then stop attending S1+1. Both senders are always patched together, so either alone may still do: what
+        the multi-sender exercise measures. The loss is the patched run's attention S2 -> S1+1."""
+        at = s1 + 1
+        att = self._interchanged_attentions(toks, info["xyz"], self.layout["previous token"], rows, at)
         return torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]]).mean()
 
 
