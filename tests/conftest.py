@@ -100,6 +100,14 @@ def report(tmp_path_factory):
     return out, {p["name"]: p for p in pages}
 
 
+def nbgrader_meta(grade_id, *, grade=False, solution=False, locked=False, points=None):
+    """A cell's nbgrader metadata, as nbgrader writes it."""
+    m = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution, "task": False}
+    if points is not None:
+        m["points"] = points
+    return {"nbgrader": m}
+
+
 def _secret_lines() -> set[str]:
     """Lines students must never receive: solution regions, model answers, hidden tests, hidden tests' references.
 

@@ -22,6 +22,7 @@ import pytest
 from grader.autograde import autograde, load_result
 from grader.config import ROOT, Config
 from grader.reports import ImportError_, export, manual_import, manual_sheet, write_feedback
+from conftest import nbgrader_meta
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)"),
               pytest.mark.slow]  # end-to-end: sandboxed grading; the steps around it are in test_grader_pipeline.py
@@ -41,25 +42,18 @@ USE_MEANS = "M = row_means(X) + 0  # a locked cell that uses the student's answe
 EXPLAIN = "Why?\n\n=== BEGIN MARK SCHEME ===\nBecause.\n=== END MARK SCHEME ==="
 
 
-def _meta(grade_id, *, grade=False, solution=False, locked=False, points=None):
-    m = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution, "task": False}
-    if points is not None:
-        m["points"] = points
-    return {"nbgrader": m}
-
-
 def source_notebook():
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cells = [
         nbformat.v4.new_markdown_cell("# Toy assignment", id="toy-00"),
-        nbformat.v4.new_code_cell(SETUP, id="toy-01", metadata=_meta("setup", locked=True)),
-        nbformat.v4.new_code_cell(DOUBLE, id="toy-02", metadata=_meta("double", solution=True)),
-        nbformat.v4.new_code_cell(TEST_DOUBLE, id="toy-03", metadata=_meta("test_double", grade=True, locked=True, points=1)),
-        nbformat.v4.new_code_cell(MEANS, id="toy-04", metadata=_meta("means", solution=True)),
-        nbformat.v4.new_code_cell(USE_MEANS, id="toy-045", metadata=_meta("use_means", locked=True)),
-        nbformat.v4.new_code_cell(TEST_MEANS, id="toy-05", metadata=_meta("test_row_means", grade=True, locked=True, points=2)),
-        nbformat.v4.new_markdown_cell(EXPLAIN, id="toy-06", metadata=_meta("explain", grade=True, solution=True, points=2)),
+        nbformat.v4.new_code_cell(SETUP, id="toy-01", metadata=nbgrader_meta("setup", locked=True)),
+        nbformat.v4.new_code_cell(DOUBLE, id="toy-02", metadata=nbgrader_meta("double", solution=True)),
+        nbformat.v4.new_code_cell(TEST_DOUBLE, id="toy-03", metadata=nbgrader_meta("test_double", grade=True, locked=True, points=1)),
+        nbformat.v4.new_code_cell(MEANS, id="toy-04", metadata=nbgrader_meta("means", solution=True)),
+        nbformat.v4.new_code_cell(USE_MEANS, id="toy-045", metadata=nbgrader_meta("use_means", locked=True)),
+        nbformat.v4.new_code_cell(TEST_MEANS, id="toy-05", metadata=nbgrader_meta("test_row_means", grade=True, locked=True, points=2)),
+        nbformat.v4.new_markdown_cell(EXPLAIN, id="toy-06", metadata=nbgrader_meta("explain", grade=True, solution=True, points=2)),
     ]
     nb.cells = cells
     return nb
@@ -107,7 +101,7 @@ def untouched(nb):
 
 
 def duplicate(nb):
-    nb.cells.insert(3, nbformat.v4.new_code_cell("def double(x):\n    return 3 * x", metadata=_meta("double", solution=True)))
+    nb.cells.insert(3, nbformat.v4.new_code_cell("def double(x):\n    return 3 * x", metadata=nbgrader_meta("double", solution=True)))
     copy = nbformat.from_dict(json.loads(json.dumps(cell(nb, "test_double"))))
     copy.id = "toy-dup"
     nb.cells.insert(5, copy)

@@ -23,27 +23,21 @@ from grader.config import ROOT, Config
 from grader.intake import Source, lined_up_notebook, plan
 from grader.preprocessors import hide_hidden_tests, verdict_outputs, write_verdicts
 from grader.results import VERSION, ResultFormatError, Status, SubmissionResult, TestResult, TestState
+from conftest import nbgrader_meta
 
 TEST = ('check_close(double(X), 2 * X, "double of X")\n### BEGIN HIDDEN TESTS\nY = torch.randn(4)  # HIDDEN-INPUT\n'
         'check_close(double(Y), 2 * Y, "double of a random tensor")\n### END HIDDEN TESTS')
-
-
-def _meta(grade_id, *, grade=False, solution=False, locked=False, points=None):
-    m = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution, "task": False}
-    if points is not None:
-        m["points"] = points
-    return {"nbgrader": m}
 
 
 def _source_nb():
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell("# Doubling", id="c0"),
-        nbformat.v4.new_code_cell("import torch\nX = torch.ones(3)", id="c1", metadata=_meta("setup", locked=True)),
+        nbformat.v4.new_code_cell("import torch\nX = torch.ones(3)", id="c1", metadata=nbgrader_meta("setup", locked=True)),
         nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", id="c2",
-                                  metadata=_meta("double", solution=True)),
-        nbformat.v4.new_code_cell(TEST, id="c3", metadata=_meta("test_double", grade=True, locked=True, points=2)),
-        nbformat.v4.new_markdown_cell("Why?", id="c4", metadata=_meta("explain", grade=True, solution=True, points=1)),
+                                  metadata=nbgrader_meta("double", solution=True)),
+        nbformat.v4.new_code_cell(TEST, id="c3", metadata=nbgrader_meta("test_double", grade=True, locked=True, points=2)),
+        nbformat.v4.new_markdown_cell("Why?", id="c4", metadata=nbgrader_meta("explain", grade=True, solution=True, points=1)),
     ]
     return nb
 
@@ -130,7 +124,7 @@ def test_stored_results_read_by_key_give_the_json_form():
     (None, 2, 0),  # no verdict for this test at all
 ])
 def test_nbgrader_scores_each_verdict_as_the_judge_did(test, points, expected):
-    cell = nbformat.v4.new_code_cell(TEST, metadata=_meta("test_double", grade=True, locked=True, points=points))
+    cell = nbformat.v4.new_code_cell(TEST, metadata=nbgrader_meta("test_double", grade=True, locked=True, points=points))
     cell.outputs = verdict_outputs(test, points)
     assert determine_grade(cell) == (expected, points)
 
@@ -200,7 +194,7 @@ def _student(source_nb, edit):
 def test_a_duplicated_answer_the_first_copy_is_graded_and_recorded(source):
     """nbgrader's DeduplicateIds would keep the last copy; the lined-up notebook leaves it nothing to choose."""
     def dup(nb):
-        nb.cells.insert(3, nbformat.v4.new_code_cell("def double(x):\n    return 3 * x", id="dup", metadata=_meta("double", solution=True)))
+        nb.cells.insert(3, nbformat.v4.new_code_cell("def double(x):\n    return 3 * x", id="dup", metadata=nbgrader_meta("double", solution=True)))
 
     student = _student(_source_nb(), dup)
     p = plan(source, student)
