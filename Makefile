@@ -30,13 +30,17 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)
 
+# TEST_WORKERS pytest-xdist workers (0: one process); tests that share an expensive fixture (a solution's
+# run, the report, the graded class) run on one worker, so each is built once (tests/conftest.py).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder,)
 test: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: everything but the end-to-end tests marked slow (sandboxed grading of whole
 # notebooks, the browser, the hand-out install). `make test` runs them all.
 test-fast: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The model at work, the expected-output pages (build/report/, which the notebooks link), then the
 # instructor's tour: release, grade the example class, print the table.

@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on the machine's cores: one thread each, in this
+    # process and in the kernels and processes it starts (set before torch is imported)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 
@@ -51,38 +55,105 @@ def abc(ioi):
 # Fixtures that execute whole notebooks or start a browser: a test using one is end to end.
 END_TO_END_FIXTURES = {"report", "handout", "browser", "solution_run"}
 
+# Fixtures built once per session or module that take long: under pytest-xdist (`make test`) every test
+# using one runs on the same worker, so each is built once (the name is the test's `xdist_group`).
+SHARED_FIXTURES = {"report": "report", "handout": "report", "graded": "graded", "card_rows": "card",
+                   "local_cluster": "local_cluster", "slow_kernel": "slow_kernel", "student_lab": "student_lab"}
+
+# Work that takes longest first, so that the two workers end together (pytest-xdist hands out work
+# in collection order): groups and single tests by name, heaviest first; everything else follows.
+HEAVY_FIRST = ["solution:01", "test_demo_grades_the_example_class_as_expected", "report", "graded", "solution:03",
+               "solution:02", "test_autograding_full_and_zero", "test_a_class_graded_on_a_cluster", "card", "slow_kernel"]
+
+
+def assignment_of(item) -> str | None:
+    """The solution notebook a ``solution_run`` test works on (its ``assignment`` or mutant ``file`` parameter)."""
+    from grader.config import ROOT
+
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    names = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
+    for key in ("assignment", "file"):
+        value = str(params.get(key, ""))
+        found = [n for n in names if value and (n == value or (value.startswith("nb") and n[:2] == value[2:]))]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def xdist_group(item) -> str | None:
+    """The worker group of a test: its solution notebook's run, or the shared fixture it uses (None: any worker)."""
+    used = set(getattr(item, "fixturenames", ()))
+    if "solution_run" in used:
+        nb = assignment_of(item)
+        if nb is None:
+            raise pytest.UsageError(f"{item.nodeid} uses solution_run: give it an `assignment` or mutant `file` parameter "
+                                    "naming the notebook, so that its run is built on one worker")
+        return f"solution:{nb[:2]}"
+    groups = sorted({SHARED_FIXTURES[f] for f in used & set(SHARED_FIXTURES)})
+    if len(groups) > 1:
+        raise pytest.UsageError(f"{item.nodeid} uses fixtures of the worker groups {groups}: give them one group in SHARED_FIXTURES")
+    return groups[0] if groups else None
+
+
+def _rank(item) -> int:
+    """The position of a test's group or name in HEAVY_FIRST (len(HEAVY_FIRST): anywhere after)."""
+    group = xdist_group(item)
+    for i, name in enumerate(HEAVY_FIRST):
+        if name == group or item.name.split("[")[0].startswith(name):
+            return i
+    return len(HEAVY_FIRST)
+
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses an end-to-end fixture is marked slow, so `make test-fast` skips them all."""
+    """Every test that uses an end-to-end fixture is marked slow, so `make test-fast` skips them all;
+    under pytest-xdist, tests sharing an expensive fixture are grouped on one worker, heaviest first."""
     unmarked = [item.nodeid for item in items
                 if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they use {sorted(END_TO_END_FIXTURES)}): {unmarked}")
+    for item in items:
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_rank)  # stable: the collection order within each rank
+
+
+def pytest_runtest_logreport(report):
+    """Mutation scores, from each test's report: pytest-xdist sends reports, with their user properties, to the main process."""
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "mutant_caught":
+            file, caught = value
+            old = SCORES_BY_FILE.setdefault(file, [0, 0])
+            old[0] += bool(caught)
+            old[1] += 1
+
+
+#: notebook -> [caught, tried] in this process (the main one under pytest-xdist).
+SCORES_BY_FILE: dict[str, list[int]] = {}
 
 
 def pytest_terminal_summary(terminalreporter):
     """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
-    try:
-        from tests.mutation import SCORES
-    except ImportError:
-        return
-    for nb, (caught, tried) in sorted(SCORES.items()):
+    for nb, (caught, tried) in sorted(SCORES_BY_FILE.items()):
         terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
 
 
 @pytest.fixture(scope="session")
-def solution_run():
+def solution_run(tmp_path_factory):
     """Each solution notebook executed once per session in this process, as the judge runs it
     (``tests/mutation.py``): ``solution_run("02_backup_name_movers")`` is its :class:`NotebookRun`,
     whose namespace every test that needs the executed solution reuses (the mutation harness, the
-    series' wrong submissions)."""
+    series' wrong submissions). Its hidden tests' references are cached per seed, as the judge's are."""
     from tests.mutation import NotebookRun
 
     runs: dict[str, NotebookRun] = {}
 
     def run(assignment: str) -> NotebookRun:
         if assignment not in runs:
-            runs[assignment] = NotebookRun(assignment)
+            runs[assignment] = NotebookRun(assignment, reference_cache=tmp_path_factory.mktemp(f"references-{assignment[:2]}"))
         return runs[assignment]
 
     return run

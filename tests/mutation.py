@@ -8,12 +8,15 @@ for notebook XX as ``MUTANTS = [Mutant(label=..., cells={answer_id: source}, fai
 model, as the judge does: the answer cells, the locked cells the tests and answers need, and every
 test cell with its hidden tests (cells that only show results are left to the report's run).
 Each mutant then re-executes only its replacement cells in a copy of that namespace and runs the
-named test cells (visible and hidden code) there; each must raise.
+named test cells (visible and hidden code) there; each must raise. With ``reference_cache`` (a
+folder), the hidden tests' references are kept there as the judge keeps them (``grader.refcache``,
+on only while a test cell runs): computed once per hidden seed and arguments, not once per mutant.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import traceback
@@ -23,9 +26,6 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: notebook -> (caught, tried) in this session, printed at the end of `make test`.
-SCORES: dict[str, tuple[int, int]] = {}
 
 
 @dataclass
@@ -38,11 +38,14 @@ class Mutant:
 class NotebookRun:
     """One in-process execution of a solution notebook, reusable by many mutants."""
 
-    def __init__(self, assignment: str):
+    def __init__(self, assignment: str, reference_cache: Path | None = None):
         os.environ.setdefault("PLOTLY_RENDERER", "json")
         os.environ["IOI_ANOMALIES_MODEL"] = "embedded"
         self.assignment = assignment
-        nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+        path = ROOT / "solutions" / assignment / f"{assignment}.ipynb"
+        self.reference_cache = reference_cache
+        self.cache_context = f"{assignment}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+        nb = nbformat.read(path, as_version=4)
         self.order: list[str] = []
         self.source: dict[str, str] = {}
         self.kind: dict[str, str] = {}
@@ -118,14 +121,17 @@ class NotebookRun:
 
         ``key`` is the submission key the hidden tests draw their inputs from (as the judge sets it).
         """
+        from grader import refcache
         from grader.hidden import use_submission
 
         use_submission(key)
+        refcache.configure(self.reference_cache, self.cache_context)
         try:
             self._exec(self.source[test_id], test_id, dict(ns))
         except Exception as e:  # noqa: BLE001 - any failure of a test is a lost point
             return f"{type(e).__name__}: {e}".strip()[:300] or traceback.format_exc()[-300:]
         finally:
+            refcache.configure(None)
             use_submission(b"")
         return None
 

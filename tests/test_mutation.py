@@ -3,7 +3,7 @@
 For each notebook with a ``tests/mutants/nbXX.py``, the solution is executed once in this process
 on the embedded model (``tests/mutation.py``); the solution must pass every test cell, and each
 mutant must fail every test it names. The mutation score (mutants caught / tried) is printed at
-the end of the run.
+the end of the run (conftest adds up each test's report, from every pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mutation import ROOT, SCORES, NotebookRun
+from tests.mutation import ROOT, NotebookRun
 
 ASSIGNMENTS = {p.name[:2]: p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()}
 MUTANT_FILES = sorted(p.stem for p in (Path(__file__).parent / "mutants").glob("nb[0-9][0-9].py"))
@@ -56,9 +56,8 @@ def test_every_graded_test_has_mutants(file, run_of):
 
 
 @pytest.mark.parametrize("file,mutant", CASES, ids=[f"{f}: {m.label}" for f, m in CASES])
-def test_mutant_is_caught(file, mutant, run_of):
+def test_mutant_is_caught(file, mutant, run_of, record_property):
     run = run_of(file)
     survivors = run.survivors(mutant)
-    caught, tried = SCORES.get(file, (0, 0))
-    SCORES[file] = (caught + (not survivors), tried + 1)
+    record_property("mutant_caught", (file, not survivors))  # conftest adds these up into the mutation score
     assert not survivors, f"{mutant.label!r} still passes {survivors}"
