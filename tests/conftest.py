@@ -119,25 +119,30 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=_rank)  # stable: the collection order within each rank
 
 
-def pytest_runtest_logreport(report):
-    """Mutation scores, from each test's report: pytest-xdist sends reports, with their user properties, to the main process."""
+#: mutant file -> [caught, tried] in this run, added up in the process that reports (the main one under pytest-xdist).
+MUTATION_SCORES: dict[str, list[int]] = {}
+
+
+def add_mutation_score(scores: dict[str, list[int]], report) -> None:
+    """Count a mutant test's report (test_mutation records ``mutant_caught``: (file, caught)) into ``scores``."""
     if report.when != "call":
         return
     for name, value in report.user_properties:
         if name == "mutant_caught":
             file, caught = value
-            old = SCORES_BY_FILE.setdefault(file, [0, 0])
-            old[0] += bool(caught)
-            old[1] += 1
+            score = scores.setdefault(file, [0, 0])
+            score[0] += bool(caught)
+            score[1] += 1
 
 
-#: notebook -> [caught, tried] in this process (the main one under pytest-xdist).
-SCORES_BY_FILE: dict[str, list[int]] = {}
+def pytest_runtest_logreport(report):
+    """pytest-xdist sends each test's report, with its user properties, to the main process: scores add up there."""
+    add_mutation_score(MUTATION_SCORES, report)
 
 
 def pytest_terminal_summary(terminalreporter):
     """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
-    for nb, (caught, tried) in sorted(SCORES_BY_FILE.items()):
+    for nb, (caught, tried) in sorted(MUTATION_SCORES.items()):
         terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
 
 

@@ -1,0 +1,65 @@
+"""The suite's own plumbing (tests/conftest.py): which worker group a test joins under pytest-xdist, and the
+mutation score added up from the tests' reports."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import HEAVY_FIRST, SHARED_FIXTURES, _rank, add_mutation_score, xdist_group
+
+
+def item(*fixtures: str, name: str = "test_x", **params):
+    return SimpleNamespace(fixturenames=list(fixtures), callspec=SimpleNamespace(params=params), name=name, nodeid=f"tests/t.py::{name}")
+
+
+@pytest.mark.parametrize("params, group", [
+    ({"file": "nb01"}, "solution:01"),
+    ({"file": "nb03", "mutant": "m"}, "solution:03"),
+    ({"assignment": "02_backup_name_movers"}, "solution:02"),
+])
+def test_a_solution_run_test_joins_its_notebooks_group(params, group):
+    assert xdist_group(item("solution_run", "tmp_path", **params)) == group
+    assert xdist_group(item("run_of", "solution_run", "report", **params)) == group, "the solution's run decides"
+
+
+@pytest.mark.parametrize("params", [{}, {"file": "nb99"}, {"assignment": "05_nothing"}])
+def test_a_solution_run_test_without_its_notebook_is_refused(params):
+    with pytest.raises(pytest.UsageError, match="solution_run"):
+        xdist_group(item("solution_run", **params))
+
+
+def test_shared_fixtures_name_the_group_and_others_run_anywhere():
+    assert xdist_group(item("graded", "tmp_path")) == "graded"
+    assert xdist_group(item("handout", "report", "secret_lines")) == xdist_group(item("report", "browser")) == "report"
+    assert xdist_group(item("model", "ioi", "tmp_path")) is None
+    with pytest.raises(pytest.UsageError, match="graded"):
+        xdist_group(item("graded", "card_rows"))
+    assert set(SHARED_FIXTURES.values()) <= set(HEAVY_FIRST) | {"local_cluster", "student_lab"}
+
+
+def test_heavy_work_is_handed_out_first():
+    order = sorted([item("model"), item("graded"), item(name="test_demo_grades_the_example_class_as_expected"),
+                    item("solution_run", file="nb01")], key=_rank)
+    assert [xdist_group(i) or i.name for i in order] == [
+        "solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "test_x"]
+
+
+def test_the_mutation_score_adds_up_reports_from_any_worker():
+    def report(when, *props):
+        return SimpleNamespace(when=when, user_properties=list(props))
+
+    scores: dict[str, list[int]] = {}
+    for r in (report("call", ("mutant_caught", ("nb01", True))), report("call", ("mutant_caught", ["nb01", False])),
+              report("setup", ("mutant_caught", ("nb01", True))), report("call", ("other", 1)),
+              report("call", ("mutant_caught", ("nb02", True)))):
+        add_mutation_score(scores, r)
+    assert scores == {"nb01": [1, 2], "nb02": [1, 1]}
+
+
+def test_make_test_groups_work_by_xdist_group():
+    from grader.config import ROOT
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--dist loadgroup" in makefile and "--no-loadscope-reorder" in makefile, "groups and the order above need both"
