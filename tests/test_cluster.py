@@ -196,6 +196,7 @@ def _kill_a_worker_mid_job(stop: threading.Event, killed: dict) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # end to end: a class graded in the sandbox, locally and on a cluster
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
 def test_a_class_graded_on_a_cluster_losing_a_worker_matches_local_grading(tmp_path, monkeypatch):
     cfg = make_course(tmp_path, wall_time_s=300)
