@@ -174,7 +174,7 @@ def test_notebook01_solution_writes_path_patching_itself():
     assert not used & PATH_PATCHING_API, used & PATH_PATCHING_API
     path_patch = next(s for s in answers if "def path_patch(" in s)
     assert "model.hooks(" in path_patch and "hook_z" in path_patch, "the solution patches with hooks"
-    # the package's engine only appears after the student's sweep, in a locked cell
+    # the package's engine only appears after the student has written path patching and the sweep, never in setup
     setup = next(c.source for c in _cells("01_early_induction_heads") if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
     assert not _used(ast.parse(setup)) & PATH_PATCHING_API
 

@@ -143,7 +143,10 @@ def path_patch(model, senders: Iterable[Head], receivers: Sequence[Head], receiv
 @torch.inference_mode()
 def sweep_senders(model, receivers: Sequence[Head], receiver_input: str, metric: Callable[[Tensor], Tensor],
                   orig, new) -> Tensor:
-    """Path patching from every single head below the receivers: [max receiver layer, n_heads]."""
+    """Path patching from every single head below the receivers: [max receiver layer, n_heads].
+
+    The plain oracle of the package's ``path_patch_heads_to_heads``; the exercise's sweep takes a list
+    of senders, and its hidden test's reference is :func:`each_sender`."""
     assert_no_hooks(model, "sweep_senders")
     receivers = check_receivers(model, receivers, receiver_input)
     max_layer = max(l for l, _ in receivers)
