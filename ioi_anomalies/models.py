@@ -182,9 +182,9 @@ LARGE_MODEL_PARAMS = 20_000_000
 
 def model_parameters(model) -> int:
     """The parameters a forward pass multiplies by, per token: attention, MLP and unembedding
-    weights (GPT-2 small about 124 M, the embedded model about 7 M)."""
+    weights (GPT-2 small about 124 M, the embedded model, attention only, about 7 M)."""
     c = model.cfg
-    d_mlp = c.d_mlp if getattr(c, "d_mlp", None) else 4 * c.d_model
+    d_mlp = 0 if getattr(c, "attn_only", False) else (c.d_mlp if getattr(c, "d_mlp", None) else 4 * c.d_model)
     return int(c.n_layers * (4 * c.d_model * c.d_model + 2 * c.d_model * d_mlp) + c.d_vocab * c.d_model)
 
 

@@ -61,6 +61,9 @@ def test_prompts_for_scales_with_the_models_size_and_device():
     assert prompts_for(mini) == 25 and prompts_for(gpt2) == 8
     assert prompts_for(fake(12, 768, device="cuda:0")) == 25  # a GPU makes the reference size cheap again
     assert prompts_for(fake(12, 768, device=None)) == 8
+    attn_only = fake(4, 128)
+    attn_only.cfg.attn_only = True  # no MLP weights to multiply by
+    assert model_parameters(mini) - model_parameters(attn_only) == 4 * 2 * 128 * 512
 
 
 def test_prompts_for_a_small_model_is_the_reference_size(model):
