@@ -95,28 +95,46 @@ def xdist_group(item) -> str | None:
     return groups[0] if groups else None
 
 
-def _rank(item) -> int:
+def _rank(item, group: str | None) -> int:
     """The position of a test's group or name in HEAVY_FIRST (len(HEAVY_FIRST): anywhere after)."""
-    group = xdist_group(item)
     for i, name in enumerate(HEAVY_FIRST):
         if name == group or item.name.split("[")[0].startswith(name):
             return i
     return len(HEAVY_FIRST)
 
 
+#: why a collected test may not run (a pytest-xdist worker cannot stop the run with a readable UsageError)
+REFUSED = pytest.StashKey[str]()
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses an end-to-end fixture is marked slow, so `make test-fast` skips them all;
     under pytest-xdist, tests sharing an expensive fixture are grouped on one worker, heaviest first."""
-    unmarked = [item.nodeid for item in items
-                if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
-    if unmarked:
-        raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they use {sorted(END_TO_END_FIXTURES)}): {unmarked}")
+    refused: dict[str, str] = {}
+    groups: dict[str, str | None] = {}
     for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=_rank)  # stable: the collection order within each rank
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
+            refused[item.nodeid] = f"mark this test @pytest.mark.slow (it uses one of {sorted(END_TO_END_FIXTURES)})"
+        try:
+            groups[item.nodeid] = xdist_group(item)
+        except pytest.UsageError as e:
+            groups[item.nodeid] = None
+            refused[item.nodeid] = "; ".join(filter(None, [refused.get(item.nodeid), str(e)]))
+    on_worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    if refused and not on_worker:
+        raise pytest.UsageError("\n".join(f"{nodeid}: {why}" for nodeid, why in refused.items()))
+    for item in items:
+        if item.nodeid in refused:  # a worker's UsageError reaches the main process without its message: the test fails with it
+            item.stash[REFUSED] = refused[item.nodeid]
+        elif groups[item.nodeid] is not None:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if on_worker:
+        items.sort(key=lambda item: _rank(item, groups[item.nodeid]))  # stable: the collection order within each rank
+
+
+def pytest_runtest_setup(item):
+    if REFUSED in item.stash:
+        pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
 
 
 #: mutant file -> [caught, tried] in this run, added up in the process that reports (the main one under pytest-xdist).

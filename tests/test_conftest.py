@@ -41,7 +41,7 @@ def test_shared_fixtures_name_the_group_and_others_run_anywhere():
 
 def test_heavy_work_is_handed_out_first():
     order = sorted([item("model"), item("graded"), item(name="test_demo_grades_the_example_class_as_expected"),
-                    item("solution_run", file="nb01")], key=_rank)
+                    item("solution_run", file="nb01")], key=lambda i: _rank(i, xdist_group(i)))
     assert [xdist_group(i) or i.name for i in order] == [
         "solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "test_x"]
 
@@ -63,3 +63,33 @@ def test_make_test_groups_work_by_xdist_group():
 
     makefile = (ROOT / "Makefile").read_text()
     assert "--dist loadgroup" in makefile and "--no-loadscope-reorder" in makefile, "groups and the order above need both"
+
+
+class Collected(SimpleNamespace):
+    """A collected test as conftest's collection hook sees it."""
+
+    def get_closest_marker(self, name):
+        return next((m for m in self.markers if m.name == name), None)
+
+    def add_marker(self, mark):
+        self.markers.append(mark.mark if hasattr(mark, "mark") else mark)
+
+
+def collected(*fixtures, slow=True, name="test_x", **params):
+    base = item(*fixtures, name=name, **params)
+    return Collected(**vars(base), stash={}, markers=[pytest.mark.slow.mark] if slow else [])
+
+
+def test_collection_refuses_an_unmarked_end_to_end_test_and_under_xdist_fails_it_with_the_reason(monkeypatch):
+    from conftest import REFUSED, pytest_collection_modifyitems
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    with pytest.raises(pytest.UsageError, match="mark this test @pytest.mark.slow"):
+        pytest_collection_modifyitems(None, [collected("report", slow=False)])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # a worker's UsageError would lose its message: the test fails with it
+    items = [collected("model", slow=False, name="test_a"), collected("report", slow=False, name="test_b"),
+             collected("graded", name="test_c"), collected("solution_run", file="nb01", name="test_d")]
+    pytest_collection_modifyitems(None, items)
+    assert "mark this test @pytest.mark.slow" in items[1].stash[REFUSED] and REFUSED not in items[0].stash
+    assert [i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None for i in items] == [
+        "solution:01", "graded", None, None], "grouped, heaviest first"
