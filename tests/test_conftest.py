@@ -91,5 +91,5 @@ def test_collection_refuses_an_unmarked_end_to_end_test_and_under_xdist_fails_it
              collected("graded", name="test_c"), collected("solution_run", file="nb01", name="test_d")]
     pytest_collection_modifyitems(None, items)
     assert "mark this test @pytest.mark.slow" in items[1].stash[REFUSED] and REFUSED not in items[0].stash
-    assert [i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None for i in items] == [
-        "solution:01", "graded", None, None], "grouped, heaviest first"
+    assert [(i.name, i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None) for i in items] == [
+        ("test_d", "solution:01"), ("test_b", None), ("test_c", "graded"), ("test_a", None)], "grouped (not the refused test), heaviest first"
