@@ -107,6 +107,7 @@ def _rank(item, group: str | None) -> int:
 REFUSED = pytest.StashKey[str]()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Every test that uses an end-to-end fixture is marked slow, so `make test-fast` skips them all;
     under pytest-xdist, tests sharing an expensive fixture are grouped on one worker, heaviest first."""
@@ -123,13 +124,24 @@ def pytest_collection_modifyitems(config, items):
     on_worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     if refused and not on_worker:
         raise pytest.UsageError("\n".join(f"{nodeid}: {why}" for nodeid, why in refused.items()))
+    if on_worker:
+        items.sort(key=lambda item: _rank(item, groups[item.nodeid]))  # stable: the collection order within each rank
     for item in items:
         if item.nodeid in refused:  # a worker's UsageError reaches the main process without its message: the test fails with it
             item.stash[REFUSED] = refused[item.nodeid]
         elif groups[item.nodeid] is not None:
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    if on_worker:
-        items.sort(key=lambda item: _rank(item, groups[item.nodeid]))  # stable: the collection order within each rank
+            if on_worker and config.getvalue("loadgroup"):
+                _join_group(item, groups[item.nodeid])
+
+
+def _join_group(item, group: str) -> None:
+    """Give the test the node id ``<id>@<group>`` that `--dist loadgroup` schedules by. pytest-xdist 3.8 writes it
+    to ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``): set here where pytest reads it."""
+    from _pytest.nodeid import NodeId
+
+    if "@" not in item.nodeid.rsplit("]", 1)[-1]:
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 def pytest_runtest_setup(item):

@@ -89,7 +89,20 @@ def test_collection_refuses_an_unmarked_end_to_end_test_and_under_xdist_fails_it
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # a worker's UsageError would lose its message: the test fails with it
     items = [collected("model", slow=False, name="test_a"), collected("report", slow=False, name="test_b"),
              collected("graded", name="test_c"), collected("solution_run", file="nb01", name="test_d")]
-    pytest_collection_modifyitems(None, items)
+    pytest_collection_modifyitems(SimpleNamespace(getvalue=lambda name: False), items)
     assert "mark this test @pytest.mark.slow" in items[1].stash[REFUSED] and REFUSED not in items[0].stash
     assert [(i.name, i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None) for i in items] == [
         ("test_d", "solution:01"), ("test_b", None), ("test_c", "graded"), ("test_a", None)], "grouped (not the refused test), heaviest first"
+
+
+def test_a_grouped_test_carries_its_group_in_the_node_id_that_loadgroup_reads():
+    from _pytest.nodeid import NodeId
+
+    from conftest import _join_group
+
+    test = SimpleNamespace(nodeid="tests/t.py::test_x[nb01: a]")
+    _join_group(test, "solution:01")
+    assert str(test._id) == "tests/t.py::test_x[nb01: a]@solution:01"
+    test = SimpleNamespace(nodeid="tests/t.py::test_x@solution:01", _id=NodeId.parse("tests/t.py::test_x@solution:01"))
+    _join_group(test, "solution:01")
+    assert str(test._id) == "tests/t.py::test_x@solution:01", "joined once"
