@@ -75,6 +75,10 @@ class Zygote:
         threading.Thread(target=self._read, name="warm-judge-reader", daemon=True).start()
 
     @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+    @property
     def alive(self) -> bool:
         return not self._dead and self.proc.poll() is None
 
@@ -153,6 +157,7 @@ class Zygote:
 
 _zygotes: dict[tuple, Zygote] = {}
 _zygotes_lock = threading.Lock()
+MAX_ZYGOTES = 2  # environments kept warm at once (a test session changes HF_HOME; each zygote holds its imports)
 
 
 def _key(env: dict) -> tuple:
@@ -168,6 +173,9 @@ def zygote_for(env: dict) -> Zygote:
         if z is None or not z.alive:
             if z is not None:
                 z.close()
+                del _zygotes[key]
+            for other in [k for k, o in _zygotes.items() if not o.busy][: max(0, len(_zygotes) + 1 - MAX_ZYGOTES)]:
+                _zygotes.pop(other).close()
             z = _zygotes[key] = Zygote(env)
         return z
 
