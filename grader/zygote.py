@@ -149,9 +149,9 @@ class Zygote:
             pass
         self._sock.close()
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=2)  # it reads the end of the socket between imports and forks
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.kill()  # its children die with it
             self.proc.wait()
 
 
