@@ -3,13 +3,13 @@
 Starting a judge from nothing costs every submission the same seconds: the interpreter, torch,
 TransformerLens, transformers' lazily loaded model code, the package, the references, the digest
 of the grader's code. The zygote pays them once. It is started with the judge's environment
-(``PYTHONHASHSEED=0``, one thread), imports those modules, loads the embedded model once and
-throws it away (so that every lazy import a model load triggers has happened), and then waits.
+(``PYTHONHASHSEED=0``, one thread) and imports those modules one after another; a judge asked for
+meanwhile is forked between two imports and imports the rest itself (it starts its worker first).
 For each submission it forks a child, which sets the judge's limits (address space
 ``judge_memory_gb``, no core files, killed with the zygote), takes the submission's environment
 and grades exactly as ``python -m grader.autograde`` does (``autograde._child_main``), in its own
 process, with its own namespaces, its own copy of every module, and no hooks (the zygote holds no
-model). Nothing from a student ever runs in the zygote: its children talk to the sandboxed
+model: the zygote never loads one). Nothing from a student ever runs in the zygote: its children talk to the sandboxed
 worker; the zygote only forks and reaps.
 
 The zygote lives as long as the process that uses it (``zygote_for``), which talks to it over a
@@ -35,11 +35,12 @@ from pathlib import Path
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
 RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
+# in this order: what a judge needs to start its worker first (nbformat alone takes seconds), then the rest
 PRELOAD = (
-    "torch", "transformer_lens", "transformer_lens.model_bridge", "transformers", "IPython.display", "circuitsvis",
-    "plotly.express", "ioi_anomalies", "ioi_anomalies.grading", "ioi_anomalies.checks", "grader.autograde", "grader.judge",
-    "grader.intake", "grader.hidden", "grader.refcache", "grader.results", "grader.references.nb01", "grader.references.nb02",
-    "grader.references.nb03",
+    "grader.autograde", "grader.judge", "grader.intake", "grader.results", "grader.hidden", "grader.refcache", "grader.sandbox",
+    "torch", "ioi_anomalies.grading", "transformer_lens", "transformer_lens.model_bridge", "transformers", "IPython.display",
+    "circuitsvis", "plotly.express", "ioi_anomalies", "ioi_anomalies.checks", "ioi_anomalies.models", "grader.references.nb01",
+    "grader.references.nb02", "grader.references.nb03",
 )
 
 
@@ -189,31 +190,28 @@ def close_all() -> None:
 
 
 # ---------------------------------------------------------------- the zygote itself
-def preload() -> None:
-    """Import what a judge imports and load the embedded model once (then drop it): a child starts past all of it."""
+def preload_steps() -> list:
+    """What the zygote imports, one step at a time: it forks a judge between two steps whenever one is asked for
+    (that judge imports the rest itself, as a fresh one would), so the first judges need not wait for all of it."""
     import importlib
 
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - a child imports it again and fails there, as a fresh judge would
-            print(f"warm judge: could not import {name}: {type(e).__name__}: {e}", file=sys.stderr)
-    try:
-        from ioi_anomalies import load_model
+    def imp(name):
+        def step():
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 - a judge imports it again and fails there, as a fresh one would
+                print(f"warm judge: could not import {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return step
 
-        model = load_model("embedded", device="cpu", verbose=False)
-        del model
-    except Exception as e:  # noqa: BLE001
-        print(f"warm judge: the embedded model did not load: {type(e).__name__}: {e}", file=sys.stderr)
-    try:
+    def digest():
         from grader import refcache
 
         refcache.code_digest()
-    except Exception:  # noqa: BLE001
-        pass
-    import gc
+        import gc
 
-    gc.collect()
+        gc.collect()
+
+    return [imp(n) for n in PRELOAD] + [digest]
 
 
 def _grade():
@@ -293,9 +291,10 @@ def _child(sock: socket.socket, msg: dict) -> None:
 
 
 def serve(fd: int, warm: bool = True) -> None:
+    import select
+
     sock = socket.socket(fileno=fd)
-    if warm:
-        preload()
+    steps = preload_steps() if warm else []
     children: dict[int, int] = {}  # pid -> request id
     ids: dict[int, int] = {}  # request id -> pid
     buf = b""
@@ -319,16 +318,14 @@ def serve(fd: int, warm: bool = True) -> None:
                 ids.pop(rid, None)
                 reply({"id": rid, "returncode": os.waitstatus_to_exitcode(status)})
 
-    sock.settimeout(0.05)
     try:
         while True:
-            try:
+            ready, _, _ = select.select([sock], [], [], 0 if steps else 0.05)
+            if ready:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
                 buf += chunk
-            except socket.timeout:
-                chunk = None
             reap()
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
@@ -349,6 +346,8 @@ def serve(fd: int, warm: bool = True) -> None:
                 if pid == 0:
                     _child(sock, msg)
                 children[pid], ids[msg["id"]] = msg["id"], pid
+            if steps and not ready:
+                steps.pop(0)()
     finally:
         for pid in list(children):
             try:
