@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import zygote
 from .autograde import autograde, graded_assignments
 from .config import ROOT, load
 from .judge import REFERENCE_CACHE_ENV
@@ -96,7 +97,6 @@ def bench_full_submission(profile: bool = False, jobs: int | None = None) -> lis
 
     ``jobs``: notebooks graded at a time by the project's grader (default: the configured ``jobs``, 0 = all cores).
     """
-    from . import zygote
     from .course import release_into, run_nbgrader
 
     lines = []
@@ -142,6 +142,7 @@ def bench_jobs(n: int) -> dict:
     for jobs in (1, 2):
         with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=jobs)
+            zygote.close_all()  # each run starts its own warm judge
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False)
             times[jobs] = time.perf_counter() - t0
@@ -158,6 +159,7 @@ def bench_cluster(n: int) -> dict:
     for how, cluster in (("local", None), ("cluster", "local:2")):
         with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=2)
+            zygote.close_all()  # each run starts its own warm judge (a Dask worker starts its own)
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False, cluster=cluster)
             times[how] = time.perf_counter() - t0

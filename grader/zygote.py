@@ -3,8 +3,9 @@
 Starting a judge from nothing costs every submission the same seconds: the interpreter, torch,
 TransformerLens, transformers' lazily loaded model code, the package, the references, the digest
 of the grader's code. The zygote pays them once. It is started with the judge's environment
-(``PYTHONHASHSEED=0``, one thread) and imports those modules one after another; a judge asked for
-meanwhile is forked between two imports and imports the rest itself (it starts its worker first).
+(``PYTHONHASHSEED=0``, one thread), imports those modules, and then forks judges as they are asked
+for (a judge asked for meanwhile waits: forked early, judges that import beside the zygote on a
+busy machine made the first notebooks slower, not faster).
 For each submission it forks a child, which sets the judge's limits (address space
 ``judge_memory_gb``, no core files, killed with the zygote), takes the submission's environment
 and grades exactly as ``python -m grader.autograde`` does (``autograde._child_main``), in its own
@@ -35,7 +36,6 @@ from pathlib import Path
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
 RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
-# in this order: what a judge needs to start its worker first (nbformat alone takes seconds), then the rest
 PRELOAD = (
     "grader.autograde", "grader.judge", "grader.intake", "grader.results", "grader.hidden", "grader.refcache", "grader.sandbox",
     "torch", "ioi_anomalies.grading", "transformer_lens", "transformer_lens.model_bridge", "transformers", "IPython.display",
@@ -191,8 +191,7 @@ def close_all() -> None:
 
 # ---------------------------------------------------------------- the zygote itself
 def preload_steps() -> list:
-    """What the zygote imports, one step at a time: it forks a judge between two steps whenever one is asked for
-    (that judge imports the rest itself, as a fresh one would), so the first judges need not wait for all of it."""
+    """What the zygote imports before it forks a judge, one step each."""
     import importlib
 
     def imp(name):
@@ -294,7 +293,9 @@ def serve(fd: int, warm: bool = True) -> None:
     import select
 
     sock = socket.socket(fileno=fd)
-    steps = preload_steps() if warm else []
+    for step in preload_steps() if warm else []:  # all of it first: judges that import beside it make the first ones slower
+        step()
+    steps: list = []
     children: dict[int, int] = {}  # pid -> request id
     ids: dict[int, int] = {}  # request id -> pid
     buf = b""
