@@ -337,6 +337,12 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
                 results.append(old)
             else:
                 todo.append((s, a))
+    if not cluster and any((cfg.submitted / s / a).is_dir() for s, a in todo):  # the warm judge (grader/zygote.py) imports
+        # while nbgrader's course is set up
+        from . import zygote
+
+        if zygote.enabled():
+            zygote.zygote_for(judge_env())
     if record:
         from .course import Course
 

@@ -295,7 +295,6 @@ def serve(fd: int, warm: bool = True) -> None:
     sock = socket.socket(fileno=fd)
     for step in preload_steps() if warm else []:  # all of it first: judges that import beside it make the first ones slower
         step()
-    steps: list = []
     children: dict[int, int] = {}  # pid -> request id
     ids: dict[int, int] = {}  # request id -> pid
     buf = b""
@@ -321,7 +320,7 @@ def serve(fd: int, warm: bool = True) -> None:
 
     try:
         while True:
-            ready, _, _ = select.select([sock], [], [], 0 if steps else 0.05)
+            ready, _, _ = select.select([sock], [], [], 0.05)
             if ready:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
@@ -347,8 +346,6 @@ def serve(fd: int, warm: bool = True) -> None:
                 if pid == 0:
                     _child(sock, msg)
                 children[pid], ids[msg["id"]] = msg["id"], pid
-            if steps and not ready:
-                steps.pop(0)()
     finally:
         for pid in list(children):
             try:
