@@ -17,7 +17,7 @@ _EXPORTS = {
     **dict.fromkeys(['generate_repeated_tokens', 'head_type_scores', 'repeated_token_loss'], 'head_scores'),
     **dict.fromkeys(['assert_no_hooks', 'count_user_hooks', 'hook_snapshot', 'run_and_cache'], 'hooks'),
     **dict.fromkeys(['EndLogitMetric', 'baseline_logit_diffs', 'ioi_metric', 'logit_diff', 'make_ioi_metric', 'make_logit_diff_metric'], 'metrics'),
-    **dict.fromkeys(['EMBEDDED_MODEL', 'GPT2_SMALL', 'ModelUnavailableError', 'load_model', 'model_label', 'random_model'], 'models'),
+    **dict.fromkeys(['EMBEDDED_MODEL', 'GPT2_SMALL', 'ModelUnavailableError', 'load_model', 'model_label', 'model_parameters', 'prompts_for', 'random_model'], 'models'),
     **dict.fromkeys(['PathPatchingEngine', 'attribution_path_patching', 'compare_with_exact', 'path_patch_heads_to_heads', 'path_patch_senders'], 'path_patching'),
     **dict.fromkeys(['imshow', 'line', 'scatter'], 'plotting'),
     **dict.fromkeys(['encode_plain', 'load_tokenizer'], 'tokenizer'),
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # for editors and type checkers
     from .head_scores import generate_repeated_tokens, head_type_scores, repeated_token_loss
     from .hooks import assert_no_hooks, count_user_hooks, hook_snapshot, run_and_cache
     from .metrics import EndLogitMetric, baseline_logit_diffs, ioi_metric, logit_diff, make_ioi_metric, make_logit_diff_metric
-    from .models import EMBEDDED_MODEL, GPT2_SMALL, ModelUnavailableError, load_model, model_label, random_model
+    from .models import EMBEDDED_MODEL, GPT2_SMALL, ModelUnavailableError, load_model, model_label, model_parameters, prompts_for, random_model
     from .path_patching import PathPatchingEngine, attribution_path_patching, compare_with_exact, path_patch_heads_to_heads, path_patch_senders
     from .plotting import imshow, line, scatter
     from .tokenizer import encode_plain, load_tokenizer

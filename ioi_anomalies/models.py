@@ -171,6 +171,37 @@ def model_label(model) -> str:
     return Path(path).name or "unknown"
 
 
+#: Prompts per experiment in the notebooks: the reference analysis's 25, where a forward pass is cheap.
+REFERENCE_PROMPTS = 25
+#: Prompts per experiment on a large model run on a CPU (GPT-2 small: about 17 times the embedded
+#: model's cost per token), so that a notebook still runs in minutes.
+LARGE_MODEL_PROMPTS = 8
+#: Models with more parameters than this count as large.
+LARGE_MODEL_PARAMS = 20_000_000
+
+
+def model_parameters(model) -> int:
+    """The parameters a forward pass multiplies by, per token: attention, MLP and unembedding
+    weights (GPT-2 small about 124 M, the embedded model, attention only, about 7 M)."""
+    c = model.cfg
+    d_mlp = 0 if getattr(c, "attn_only", False) else (c.d_mlp if getattr(c, "d_mlp", None) else 4 * c.d_model)
+    return int(c.n_layers * (4 * c.d_model * c.d_model + 2 * c.d_model * d_mlp) + c.d_vocab * c.d_model)
+
+
+def prompts_for(model) -> int:
+    """How many IOI prompts the notebooks' experiments use on ``model``.
+
+    :data:`REFERENCE_PROMPTS` (25, as in the reference analysis) on a model of at most
+    :data:`LARGE_MODEL_PARAMS` parameters (:func:`model_parameters`) or on a GPU;
+    :data:`LARGE_MODEL_PROMPTS` (8) on a larger model on a CPU, such as GPT-2 small, where each
+    forward pass costs many times more and a notebook would otherwise take far longer to run and grade.
+    """
+    device = str(getattr(model.cfg, "device", "cpu") or "cpu")
+    if device.startswith("cpu") and model_parameters(model) > LARGE_MODEL_PARAMS:
+        return LARGE_MODEL_PROMPTS
+    return REFERENCE_PROMPTS
+
+
 def random_model_dir(n_layers: int = 3, n_heads: int = 4, d_model: int = 64, seed: int = 0) -> Path:
     """The cache folder of :func:`random_model`'s weights for these arguments."""
     from .tokenizer import cache_root

@@ -46,3 +46,27 @@ def test_environment_variable_picks_the_model(monkeypatch, tiny_model_dir):
     monkeypatch.setenv("IOI_ANOMALIES_MODEL", str(tiny_model_dir))
     label, source = resolve_model_source(None)
     assert source == str(tiny_model_dir)
+
+
+def test_prompts_for_scales_with_the_models_size_and_device():
+    from types import SimpleNamespace
+
+    from ioi_anomalies import model_parameters, prompts_for
+
+    def fake(n_layers, d_model, device="cpu", d_vocab=50257):
+        return SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, d_model=d_model, d_mlp=4 * d_model, d_vocab=d_vocab, device=device))
+
+    gpt2, mini = fake(12, 768), fake(4, 128)
+    assert 120e6 < model_parameters(gpt2) < 130e6 and 5e6 < model_parameters(mini) < 10e6
+    assert prompts_for(mini) == 25 and prompts_for(gpt2) == 8
+    assert prompts_for(fake(12, 768, device="cuda:0")) == 25  # a GPU makes the reference size cheap again
+    assert prompts_for(fake(12, 768, device=None)) == 8
+    attn_only = fake(4, 128)
+    attn_only.cfg.attn_only = True  # no MLP weights to multiply by
+    assert model_parameters(mini) - model_parameters(attn_only) == 4 * 2 * 128 * 512
+
+
+def test_prompts_for_a_small_model_is_the_reference_size(model):
+    from ioi_anomalies import prompts_for
+
+    assert prompts_for(model) == 25

@@ -174,7 +174,7 @@ def test_notebook01_solution_writes_path_patching_itself():
     assert not used & PATH_PATCHING_API, used & PATH_PATCHING_API
     path_patch = next(s for s in answers if "def path_patch(" in s)
     assert "model.hooks(" in path_patch and "hook_z" in path_patch, "the solution patches with hooks"
-    # the package's engine only appears after the student's sweep, in a locked cell
+    # the package's engine only appears after the student has written path patching and the sweep, never in setup
     setup = next(c.source for c in _cells("01_early_induction_heads") if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
     assert not _used(ast.parse(setup)) & PATH_PATCHING_API
 
@@ -231,3 +231,34 @@ def test_package_head_type_scores_use_the_same_windows(model):
         expected = _loop_windows(cache[act_name("pattern", l)], 6)
         for kind in ("previous", "duplicate", "induction"):
             torch.testing.assert_close(scores[kind][l].double(), expected[kind], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------ the hidden tests' exact references
+def test_the_engine_references_equal_the_plain_path_patching(model, ioi, abc):
+    """exact / each_sender / multi_sender_effects (the engine, one batch) agree with the plain hooks."""
+    from grader.references import nb01
+    from ioi_anomalies import make_logit_diff_metric
+
+    metric = make_logit_diff_metric(ioi)
+    receivers = [(2, 1), (1, 3)]
+    sets = [[], [(0, 2)], [(1, 0)], [(0, 1), (1, 2)], [(2, 0)]]
+    for inp in "qkv":
+        got = nb01.exact(model, sets, receivers, inp, metric, ioi, abc)
+        plain = [nb01.path_patch(model, s, receivers, inp, metric, ioi, abc) for s in sets]
+        assert got == pytest.approx(plain, abs=1e-4), inp
+        assert len(set(round(x, 5) for x in plain)) > 2, "the cases move the metric"
+    each = nb01.each_sender(model, [(1, 0), (0, 2)], receivers, "v", metric, ioi, abc)
+    assert each.tolist() == pytest.approx([nb01.path_patch(model, [s], receivers, "v", metric, ioi, abc) for s in [(1, 0), (0, 2)]], abs=1e-4)
+    multi = nb01.multi_sender_effects(model, [(0, 1), (1, 2)], receivers, metric, ioi, abc)
+    assert set(multi) == {(0, 1), (1, 2), "together"}
+    assert multi["together"] == pytest.approx(nb01.path_patch(model, [(0, 1), (1, 2)], receivers, "k", metric, ioi, abc), abs=1e-4)
+    assert multi[(1, 2)] == pytest.approx(nb01.path_patch(model, [(1, 2)], receivers, "k", metric, ioi, abc), abs=1e-4)
+
+
+def test_a_sweep_case_draws_three_senders_in_an_unsorted_order(model):
+    from grader.references import nb01
+
+    for label in ("a", "b", "c", "d"):
+        senders, receivers, *_ = nb01.sweep_case(model, label, "k")
+        assert len(set(senders)) == 3 and senders != sorted(senders)
+        assert sum(l == model.cfg.n_layers - 1 for l, _ in senders) >= 1, "one sender reaches no receiver"

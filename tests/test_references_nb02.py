@@ -104,3 +104,26 @@ def test_criteria_against_explicit_masks(model, ioi, means):
     a = ref.faithfulness(model, ioi, means, ref.remove(circuit, {(0, 2)}))[0]
     b = ref.faithfulness(model, ioi, means, ref.remove(circuit, {(0, 2), (2, 1)}))[0]
     assert m == pytest.approx(abs(b - a), abs=1e-6) and m > 0
+
+
+def test_minimality_case_takes_the_first_informative_pair_among_bounded_tries(model, ioi, means, monkeypatch):
+    from grader.hidden import generator
+
+    circuit = {"name mover": [(2, 1), (2, 3)], "s2 inhibition": [(1, 0)], "induction": [(0, 2)]}
+    f = lambda removed: ref.f_circuit(model, ioi, means, ref.remove(circuit, removed))  # noqa: E731
+
+    def informative(v, k):
+        d = f({v, k}) - f({k})
+        return d < -0.05 and abs(abs(d) - abs(f({v}) - f(set()))) > 0.01
+
+    heads = sorted({h for hs in circuit.values() for h in hs})
+    pairs = [(v, k) for v in heads for k in heads if v != k]
+    for label, tries in (("a label", ref.MINIMALITY_TRIES), ("another label", 2), ("a third", len(pairs))):
+        order = [pairs[i] for i in torch.randperm(len(pairs), generator=generator(label)).tolist()]
+        expected = next((p for p in order[:tries] if informative(*p)), order[0])
+        assert ref.minimality_case(model, ioi, means, circuit, label, tries) == expected, label
+    calls = []
+    real = ref.f_circuit
+    monkeypatch.setattr(ref, "f_circuit", lambda *a: calls.append(a) or real(*a))
+    ref.minimality_case(model, ioi, means, circuit, "another label", tries=2)
+    assert 1 <= len(calls) <= 1 + 3 * 2, "at most three passes per try, the unablated one shared"

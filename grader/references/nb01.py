@@ -15,6 +15,11 @@ prompts with every head's ``z`` frozen at its clean value except the senders', t
 corrupted run (MLPs and LayerNorms recompute), caching the receivers' q/k/v input; (2) the clean
 prompts again with only the receivers' chosen input patched from step 1. It is also the oracle
 the package's fast engine is tested against.
+
+The hidden tests' own references (:func:`exact`, :func:`each_sender`, :func:`multi_sender_effects`)
+take the package's exact engine, which agrees with the plain algorithm to 1e-4 (its tests check it),
+and run the sender sets of one case as one batch: on GPT-2 small a plain pass per sender set would
+make them the slowest part of grading. Their inputs are small (a few prompts, a few senders).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from ioi_anomalies.hooks import assert_no_hooks, run_and_cache
 from ioi_anomalies.heads import check_receivers  # input validation only
+from ioi_anomalies.path_patching import PathPatchingEngine  # the exact engine, for the hidden tests' references
 from grader.refcache import cached  # computed once per model, source, hidden seed and arguments
 
 Head = tuple[int, int]
@@ -137,7 +143,10 @@ def path_patch(model, senders: Iterable[Head], receivers: Sequence[Head], receiv
 @torch.inference_mode()
 def sweep_senders(model, receivers: Sequence[Head], receiver_input: str, metric: Callable[[Tensor], Tensor],
                   orig, new) -> Tensor:
-    """Path patching from every single head below the receivers: [max receiver layer, n_heads]."""
+    """Path patching from every single head below the receivers: [max receiver layer, n_heads].
+
+    The plain oracle of the package's ``path_patch_heads_to_heads``; the exercise's sweep takes a list
+    of senders, and its hidden test's reference is :func:`each_sender`."""
     assert_no_hooks(model, "sweep_senders")
     receivers = check_receivers(model, receivers, receiver_input)
     max_layer = max(l for l, _ in receivers)
@@ -149,9 +158,28 @@ def sweep_senders(model, receivers: Sequence[Head], receiver_input: str, metric:
     return out
 
 
+@cached
+@torch.inference_mode()
+def exact(model, sender_sets: Sequence[Sequence[Head]], receivers: Sequence[Head], receiver_input: str,
+          metric: Callable[[Tensor], Tensor], orig, new) -> list[float]:
+    """Path patching of each sender set (its heads together) by the exact engine, in one batch."""
+    assert_no_hooks(model, "exact")
+    receivers = check_receivers(model, receivers, receiver_input)
+    engine = PathPatchingEngine(model, orig, new, metric)
+    return [float(x) for x in engine.run([list(s) for s in sender_sets], receivers, receiver_input, progress=False)]
+
+
+def each_sender(model, senders: Sequence[Head], receivers: Sequence[Head], receiver_input: str,
+                metric: Callable[[Tensor], Tensor], orig, new) -> Tensor:
+    """Path patching from each sender alone: [len(senders)] (the exercise's ``sweep_senders``)."""
+    return torch.tensor(exact(model, [[tuple(s)] for s in senders], receivers, receiver_input, metric, orig, new))
+
+
 def multi_sender_effects(model, senders, receivers, metric, orig, new, receiver_input: str = "k") -> dict:
-    out = {tuple(s): path_patch(model, [s], receivers, receiver_input, metric, orig, new) for s in senders}
-    out["together"] = path_patch(model, list(senders), receivers, receiver_input, metric, orig, new)
+    senders = [tuple(s) for s in senders]
+    values = exact(model, [[s] for s in senders] + [senders], receivers, receiver_input, metric, orig, new)
+    out = dict(zip(senders, values[:-1]))
+    out["together"] = values[-1]
     return out
 
 
@@ -211,14 +239,10 @@ def path_case(model, label: str, n_senders: int = 1, pool: int = 2, receiver_inp
     if L >= 3 and int(torch.randint(0, 2, (1,), generator=g)):
         receivers.append((L - 2, int(torch.randint(0, H, (1,), generator=g))))
     lower = [(l, h) for l in range(max(1, L - 2)) for h in range(H)]
-    clean = path_patch(model, [], receivers, receiver_input, metric, orig, new)
-    best, best_gap = None, -1.0
-    for _ in range(pool):
-        pick = [lower[int(i)] for i in torch.randperm(len(lower), generator=g)[:n_senders]]
-        gap = abs(path_patch(model, pick, receivers, receiver_input, metric, orig, new) - clean)
-        if gap > best_gap:
-            best, best_gap = pick, gap
-    return sorted(best), receivers, metric, orig, new
+    picks = [sorted(lower[int(i)] for i in torch.randperm(len(lower), generator=g)[:n_senders]) for _ in range(pool)]
+    values = exact(model, [[]] + picks, receivers, receiver_input, metric, orig, new)
+    gaps = [abs(v - values[0]) for v in values[1:]]
+    return picks[gaps.index(max(gaps))], receivers, metric, orig, new
 
 
 # ------------------------------------------------------------------------------ hidden-test checks
@@ -255,23 +279,39 @@ def check_path_patch(fn, model, label: str) -> None:
     """One sender and two senders into top-layer receivers' q, k and v, against the reference."""
     for n_senders, inp in ((1, "q"), (1, "k"), (1, "v"), (2, "k")):
         senders, receivers, metric, orig, new = path_case(model, f"{label} {n_senders} {inp}", n_senders, receiver_input=inp)
-        ref = path_patch(model, senders, receivers, inp, metric, orig, new)
+        ref = exact(model, [senders], receivers, inp, metric, orig, new)[0]
         same(fn(model, senders, receivers, inp, metric, orig, new), ref,
              f"path patching into the receivers' {inp} matches the reference on other heads and prompts", atol=2e-4)
 
 
+def sweep_case(model, label: str, receiver_input: str):
+    """Three senders in a drawn order that is not sorted: a path case's sender, another head below the top
+    layer, and a head of the top layer (which reaches no receiver). Returns ``(senders, receivers, metric, orig, new)``."""
+    from grader.hidden import generator
+
+    g = generator(label + " senders")
+    (first,), receivers, metric, orig, new = path_case(model, label, 1, pool=2, receiver_input=receiver_input)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    others = [(l, h) for l in range(L - 1) for h in range(H) if (l, h) != first]
+    senders = [first, others[int(torch.randint(len(others), (1,), generator=g))], (L - 1, int(torch.randint(H, (1,), generator=g)))]
+    senders = [senders[i] for i in torch.randperm(3, generator=g).tolist()]
+    if senders == sorted(senders):  # an order a sorted sweep would also produce tells nothing
+        senders.reverse()
+    return senders, receivers, metric, orig, new
+
+
 def check_sweep(fn, model, label: str) -> None:
-    """The sweep on the loaded model and on a random model of another size, against the reference."""
+    """The sweep over a few senders on the loaded model and on a random model of another size, against the reference."""
     from grader.hidden import seed
     from ioi_anomalies import random_model
 
     inp = "qkv"[seed(label) % 3]
-    _, receivers, metric, orig, new = path_case(model, label, 1, pool=1, receiver_input=inp)
-    same(fn(model, receivers, inp, metric, orig, new), sweep_senders(model, receivers, inp, metric, orig, new),
-         "the sweep matches the reference on other receivers and prompts", atol=2e-4)
+    senders, receivers, metric, orig, new = sweep_case(model, label, inp)
+    same(fn(model, senders, receivers, inp, metric, orig, new), each_sender(model, senders, receivers, inp, metric, orig, new),
+         "the sweep matches the reference on other senders, receivers and prompts", atol=2e-4)
     other = random_model(n_layers=3, n_heads=4, seed=seed(label + " model") % 1000)
-    _, receivers, metric, orig, new = path_case(other, label + " other", 1, pool=1, receiver_input="k")
-    same(fn(other, receivers, "k", metric, orig, new), sweep_senders(other, receivers, "k", metric, orig, new),
+    senders, receivers, metric, orig, new = sweep_case(other, label + " other", "k")
+    same(fn(other, senders, receivers, "k", metric, orig, new), each_sender(other, senders, receivers, "k", metric, orig, new),
          "the sweep matches the reference on a random model of another size", atol=2e-4)
 
 

@@ -117,3 +117,35 @@ def minimality(model, dataset, means, circuit, v, K) -> float:
     """|F(C \\ (K + {v})) - F(C \\ K)|."""
     K = set(K)
     return abs(f_circuit(model, dataset, means, remove(circuit, K | {v})) - f_circuit(model, dataset, means, remove(circuit, K)))
+
+
+#: Pairs (v, K = {k}) :func:`minimality_case` tries at most: each costs up to three forward passes.
+MINIMALITY_TRIES = 6
+
+
+@cached
+def minimality_case(model, dataset, means, circuit, label: str, tries: int = MINIMALITY_TRIES) -> tuple[Head, Head]:
+    """A head ``v`` and a head ``k`` of the circuit, drawn for the hidden input ``label``: among at most
+    ``tries`` pairs in a drawn order, the first for which removing ``v`` hurts given ``K = {k}``, and by
+    a different amount than without ``K`` (so the answer is far from the trivial ones); the first pair
+    drawn when none of them does. The tries are bounded so that a large model grades in minutes."""
+    from grader.hidden import generator
+
+    g = generator(label)
+    heads = sorted({(int(l), int(h)) for hs in circuit.values() for l, h in hs})
+    pairs = [(v, k) for v in heads for k in heads if v != k]
+    order = [pairs[i] for i in torch.randperm(len(pairs), generator=g).tolist()]
+    F: dict = {}
+
+    def f_without(removed) -> float:
+        key = frozenset(removed)
+        if key not in F:
+            F[key] = f_circuit(model, dataset, means, remove(circuit, key))
+        return F[key]
+
+    def informative(pair) -> bool:
+        v, k = pair
+        d = f_without({v, k}) - f_without({k})
+        return d < -0.05 and abs(abs(d) - abs(f_without({v}) - f_without(set()))) > 0.01
+
+    return next((p for p in order[:tries] if informative(p)), order[0])
