@@ -257,32 +257,53 @@ def _judge_limits(cfg: Config):
     return apply
 
 
+def judge_env() -> dict:
+    """The judge's environment: this one, one thread, a fixed hash seed, offline unless told otherwise."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+                PLOTLY_RENDERER="json", TQDM_DISABLE="1")
+
+
+def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path) -> int:
+    """Run the judge ``python -m grader.autograde ...`` to its end: forked from the warm judge
+    (``grader/zygote.py``) where there is one, else a fresh process. Its output goes to ``err_path``."""
+    from . import zygote
+
+    timeout = cfg.wall_time_s + JUDGE_GRACE_S
+    if zygote.enabled():
+        try:
+            return zygote.zygote_for(env).run(cmd[3:], env, int(cfg.judge_memory_gb * (1 << 30)), err_path, timeout)
+        except zygote.ZygoteGone:
+            pass  # graded again from nothing, in a fresh process
+    with open(err_path, "w") as err:
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, timeout=timeout,
+                              preexec_fn=_judge_limits(cfg)).returncode
+
+
 def run_child(cfg: Config, student: str, assignment: str) -> SubmissionResult:
-    """Grade in a fresh judge process under its own memory and time limits.
+    """Grade in a judge process of its own under its own memory and time limits.
 
     The judge stops itself at the wall limit; if it is still running ``JUDGE_GRACE_S`` later it is
     killed (``timeout``). Running out of its memory is the submission's doing (``crashed``); any
-    other failure of the judge is the grader's (``grader_error``).
+    other failure of the judge is the grader's (``grader_error``). The judge is forked from this
+    process's warm judge (``grader/zygote.py``), or started fresh when there is none.
     """
     with tempfile.TemporaryDirectory(prefix="ioi-judge-") as tmp:
         out = Path(tmp) / "result.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
-                   PLOTLY_RENDERER="json", TQDM_DISABLE="1")
+        err_path = Path(tmp) / "judge.log"
         cmd = [sys.executable, "-m", "grader.autograde", config_to_json(cfg), student, assignment, str(out)]
         base = SubmissionResult(student=student, assignment=assignment, status=Status.GRADER_ERROR)
         try:
-            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=cfg.wall_time_s + JUDGE_GRACE_S,
-                               preexec_fn=_judge_limits(cfg))
-            if r.returncode == 0 and out.exists():
+            returncode = _run_judge(cfg, cmd, judge_env(), err_path)
+            if returncode == 0 and out.exists():
                 try:
                     return SubmissionResult.loads(out.read_text())
                 except ResultFormatError as e:
                     return replace(base, reason=f"the grader wrote a result it cannot read ({e}); it is not the student's fault: re-run autograde")
-            err = r.stderr or r.stdout
+            err = err_path.read_text(errors="replace") if err_path.exists() else ""
             if "MemoryError" in err or "std::bad_alloc" in err or "Cannot allocate memory" in err:
                 return replace(base, status=Status.CRASHED,
                                reason=f"checking this submission's answers took more than the grader's {cfg.judge_memory_gb:g} GB of memory")
-            why = err.strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
+            why = err.strip().splitlines()[-1:] or [f"exit status {returncode}"]
             reason = f"the grader failed on this submission ({why[0][:300]}); it is not the student's fault: re-run autograde"
         except subprocess.TimeoutExpired:
             return replace(base, status=Status.TIMEOUT, reason="the notebook ran past its time limit (while its tests were checked)")
@@ -316,6 +337,12 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
                 results.append(old)
             else:
                 todo.append((s, a))
+    if not cluster and any((cfg.submitted / s / a).is_dir() for s, a in todo):  # the warm judge (grader/zygote.py) imports
+        # while nbgrader's course is set up
+        from . import zygote
+
+        if zygote.enabled():
+            zygote.zygote_for(judge_env())
     if record:
         from .course import Course
 

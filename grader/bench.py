@@ -1,10 +1,12 @@
 """Grading benchmarks; one JSON object per line, like ``tools.bench``.
 
 - ``autograde_full_submission``: one student's solutions of every graded notebook of the series
-  (01, 02, 03) graded by plain nbgrader (tests in the student's kernel, no sandbox) as the
-  baseline, and by the project's grader (sandboxed worker plus a separate judge, one assignment
-  after another, as ``--jobs 1``) twice: with an empty reference cache (``cold``) and again with
-  the references the first run stored (``warm``); one line each, with the judge's peak memory;
+  (01, 02, 03) graded by plain nbgrader (tests in the student's kernel, no sandbox; it grades the
+  notebooks one after another) as the baseline, and by the project's grader (sandboxed worker plus
+  a separate judge per notebook, forked from a warm judge that each run starts afresh, ``jobs``
+  notebooks at a time: the local default, all cores, unless ``--jobs`` says otherwise; the line
+  says how many) twice: with an empty reference cache (``cold``) and again with the references
+  the first run stored (``warm``); one line each, with the judge's peak memory;
 - ``autograde_jobs``: N submissions of notebook 01 (default 20) graded with 1 worker (baseline)
   and with 2;
 - ``autograde_cluster``: the same N submissions graded locally with 2 workers (baseline) and on a
@@ -35,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import zygote
 from .autograde import autograde, graded_assignments
 from .config import ROOT, load
 from .judge import REFERENCE_CACHE_ENV
@@ -89,14 +92,18 @@ def _profile(results: list[dict]) -> dict:
     return out
 
 
-def bench_full_submission(profile: bool = False) -> list[dict]:
-    """Plain nbgrader against the project's grader (cold and warm reference cache) on one full submission."""
+def bench_full_submission(profile: bool = False, jobs: int | None = None) -> list[dict]:
+    """Plain nbgrader against the project's grader (cold and warm reference cache) on one full submission.
+
+    ``jobs``: notebooks graded at a time by the project's grader (default: the configured ``jobs``, 0 = all cores).
+    """
     from .course import release_into, run_nbgrader
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = _class(tmp / "project", 1, tuple(graded_assignments(load())))
+        cfg = cfg.with_(jobs=jobs)
         assignments = graded_assignments(cfg)
         course = tmp / "nbgrader"
         for a in assignments:
@@ -111,13 +118,15 @@ def bench_full_submission(profile: bool = False) -> list[dict]:
         baseline = time.perf_counter() - t0
         with _reference_cache(cfg.course / ".cache" / "references"):
             for cache in ("cold", "warm"):
+                zygote.close_all()  # each run starts its own warm judge, as `python -m grader autograde` does
                 t0 = time.perf_counter()
-                res = autograde(cfg.with_(jobs=1), assignments, progress=False, record=False, force=True)
+                res = autograde(cfg, assignments, progress=False, record=False, force=True)
                 project = time.perf_counter() - t0
                 line = {
                     "name": f"autograde_full_submission_{cache}_cache", "baseline": "plain nbgrader autograde (unsandboxed), same notebooks",
                     "assignments": assignments, "reference_cache": cache, "baseline_s": round(baseline, 2), "project_s": round(project, 2),
-                    "speedup": round(baseline / project, 3), "score": sum(r["score"] for r in res), "max_score": sum(r["max_score"] for r in res),
+                    "speedup": round(baseline / project, 3), "jobs": min(cfg.n_jobs, len(assignments)),
+                    "warm_judge": zygote.enabled(), "score": sum(r["score"] for r in res), "max_score": sum(r["max_score"] for r in res),
                     "statuses": sorted({r["status"] for r in res}), "max_abs_diff": 0.0,
                     "judge_peak_rss_mb": max((r.get("judge_peak_rss_mb") or 0) for r in res), "peak_rss_mb": _peak_rss_mb(),
                     "model": cfg.model, "machine": _machine()}
@@ -133,6 +142,7 @@ def bench_jobs(n: int) -> dict:
     for jobs in (1, 2):
         with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=jobs)
+            zygote.close_all()  # each run starts its own warm judge
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False)
             times[jobs] = time.perf_counter() - t0
@@ -149,6 +159,7 @@ def bench_cluster(n: int) -> dict:
     for how, cluster in (("local", None), ("cluster", "local:2")):
         with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"):
             cfg = _class(Path(tmp), n).with_(jobs=2)
+            zygote.close_all()  # each run starts its own warm judge (a Dask worker starts its own)
             t0 = time.perf_counter()
             res = autograde(cfg, [ASSIGNMENT], progress=False, record=False, cluster=cluster)
             times[how] = time.perf_counter() - t0
@@ -224,12 +235,17 @@ def main(argv=None) -> int:
                         "(default: all four)")
     p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks (default 20)")
     p.add_argument("--profile", action="store_true", help="add where one submission's time went, per notebook")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="notebooks the project's grader grades at a time in the full-submission benchmark "
+                        "(default: grader_config.toml's jobs, 0 = all cores)")
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be at least 1")
+    if a.jobs is not None and a.jobs < 1:
+        p.error("--jobs must be at least 1")
     which = a.only or ["one", "jobs", "cluster", "gpt2"]
     if "one" in which:
-        bench_full_submission(a.profile)
+        bench_full_submission(a.profile, a.jobs)
     if "jobs" in which:
         print(json.dumps(bench_jobs(a.n)), flush=True)
     if "cluster" in which:

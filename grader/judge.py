@@ -520,12 +520,6 @@ class Judge:
                 conn.share(n, self.ns[n])
 
     def run(self) -> dict:
-        import torch
-
-        from . import hidden
-
-        torch.manual_seed(0)
-        hidden.use_submission(self.key)
         cfg, plan = self.cfg, self.plan
         log = self.workdir.parent / (self.workdir.name + ".log")
         started = time.monotonic()
@@ -534,8 +528,14 @@ class Judge:
         cell_errors: list[dict] = []
         status, reason, log_tail = "graded", [], ""
         t = time.monotonic()
-        proc, sock = start_worker(self.workdir, cfg, log)
+        proc, sock = start_worker(self.workdir, cfg, log)  # first: the worker boots while this judge imports torch
         self.timings["worker_start_s"] = time.monotonic() - t
+        import torch
+
+        from . import hidden
+
+        torch.manual_seed(0)
+        hidden.use_submission(self.key)
         conn = Conn(proc, sock, deadline, log)
         needed = self.needed_trusted()
         _arm_wall_clock(deadline)

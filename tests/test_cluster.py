@@ -181,13 +181,20 @@ def test_a_lost_worker_or_a_failing_job_is_retried_and_reported_once(local_clust
 
 
 def _kill_a_worker_mid_job(stop: threading.Event, killed: dict) -> None:
-    """Kill the first Dask worker process seen running a judge (``python -m grader.autograde``)."""
+    """Kill the first Dask worker process seen running a judge (``python -m grader.autograde``, or one forked
+    from the worker's warm judge, ``grader.zygote``)."""
     me = psutil.Process()
     while not stop.is_set():
         for p in me.children(recursive=True):
             try:
-                if "grader.autograde" in " ".join(p.cmdline()) and p.ppid() != me.pid:
-                    worker = psutil.Process(p.ppid())
+                parent = psutil.Process(p.ppid())
+                if "grader.zygote" in " ".join(p.cmdline()) and "grader.zygote" in " ".join(parent.cmdline()):
+                    worker = psutil.Process(parent.ppid())  # the judge's parent is the worker's zygote
+                elif "grader.autograde" in " ".join(p.cmdline()):
+                    worker = parent
+                else:
+                    continue
+                if worker.pid != me.pid:
                     killed.update(worker=worker, judge=p)
                     worker.send_signal(signal.SIGKILL)
                     return

@@ -1,0 +1,359 @@
+"""A warm judge: one trusted parent process that has imported what judging needs and forks a judge per submission.
+
+Starting a judge from nothing costs every submission the same seconds: the interpreter, torch,
+TransformerLens, transformers' lazily loaded model code, the package, the references, the digest
+of the grader's code. The zygote pays them once. It is started with the judge's environment
+(``PYTHONHASHSEED=0``, one thread), imports those modules, and then forks judges as they are asked
+for (a judge asked for meanwhile waits: forked early, judges that import beside the zygote on a
+busy machine made the first notebooks slower, not faster).
+For each submission it forks a child, which sets the judge's limits (address space
+``judge_memory_gb``, no core files, killed with the zygote), takes the submission's environment
+and grades exactly as ``python -m grader.autograde`` does (``autograde._child_main``), in its own
+process, with its own namespaces, its own copy of every module, and no hooks (the zygote holds no
+model: the zygote never loads one). Nothing from a student ever runs in the zygote: its children talk to the sandboxed
+worker; the zygote only forks and reaps.
+
+The zygote lives as long as the process that uses it (``zygote_for``), which talks to it over a
+socket of its own: when that process dies the zygote reads the end of the socket, kills its
+children and exits; its children die with it (``PR_SET_PDEATHSIG``). If it is lost, the
+submission it was grading is graded again in a fresh judge process and the next one starts a new
+zygote. ``IOI_GRADER_WARM_JUDGE=off`` turns it off (every judge a fresh process, as before).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+WARM_ENV = "IOI_GRADER_WARM_JUDGE"
+# read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
+RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
+PRELOAD = (
+    "grader.autograde", "grader.judge", "grader.intake", "grader.results", "grader.hidden", "grader.refcache", "grader.sandbox",
+    "torch", "ioi_anomalies.grading", "transformer_lens", "transformer_lens.model_bridge", "transformers", "IPython.display",
+    "circuitsvis", "plotly.express", "ioi_anomalies", "ioi_anomalies.checks", "ioi_anomalies.models", "grader.references.nb01",
+    "grader.references.nb02", "grader.references.nb03",
+)
+
+
+class ZygoteGone(RuntimeError):
+    """The warm judge is not there (it died, or could not start): grade in a fresh process instead."""
+
+
+def enabled() -> bool:
+    return os.environ.get(WARM_ENV, "").lower() not in ("off", "0", "no", "false")
+
+
+# ---------------------------------------------------------------- the process that grades (client side)
+class Zygote:
+    """The grading process's handle on one warm judge: ``run`` grades one submission in a forked child."""
+
+    def __init__(self, env: dict, log: Path | None = None, warm: bool = True):
+        from .config import ROOT
+
+        ours, theirs = socket.socketpair()
+        self._sock = ours
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "grader.zygote", str(theirs.fileno())] + ([] if warm else ["--bare"]), cwd=ROOT, env=env,
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            theirs.close()
+            if out is not subprocess.DEVNULL:
+                out.close()
+        self._lock = threading.Lock()
+        self._next = 0
+        self._waiting: dict[int, dict] = {}  # request id -> {"event", "returncode", "error"}
+        self._dead = False
+        threading.Thread(target=self._read, name="warm-judge-reader", daemon=True).start()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and self.proc.poll() is None
+
+    def _send(self, msg: dict) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        with self._lock:
+            self._sock.sendall(data)
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while True:
+                chunk = self._sock.recv(1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    msg = json.loads(line)
+                    slot = self._waiting.get(msg.get("id"))
+                    if slot is not None and ("returncode" in msg or "error" in msg):
+                        slot.update(msg)
+                        slot["event"].set()
+        except (OSError, ValueError):
+            pass
+        self._dead = True
+        for slot in list(self._waiting.values()):  # whoever waits learns that the zygote is gone
+            slot["event"].set()
+
+    def run(self, argv: list[str], env: dict, memory_bytes: int, stderr_path: Path, timeout: float, entry: str = "grade") -> int:
+        """Grade in a forked child: its exit status (negative: the signal); ``subprocess.TimeoutExpired`` past ``timeout``.
+
+        Raises :class:`ZygoteGone` when the zygote is lost before the child finished (nothing was recorded).
+        """
+        if not self.alive:
+            raise ZygoteGone("the warm judge is not running")
+        with self._lock:
+            self._next += 1
+            rid = self._next
+        slot = {"event": threading.Event()}
+        self._waiting[rid] = slot
+        try:
+            try:
+                self._send({"op": "run", "id": rid, "argv": argv, "env": env, "memory": memory_bytes, "stderr": str(stderr_path),
+                            "entry": entry})
+            except OSError as e:
+                raise ZygoteGone(f"the warm judge cannot be reached ({e})") from e
+            if not slot["event"].wait(timeout):
+                with_kill = True
+                try:
+                    self._send({"op": "kill", "id": rid})
+                except OSError:
+                    with_kill = False
+                if with_kill:
+                    slot["event"].wait(30)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            if "returncode" in slot:
+                return int(slot["returncode"])
+            raise ZygoteGone(slot.get("error") or "the warm judge died")
+        finally:
+            self._waiting.pop(rid, None)
+
+    def close(self) -> None:
+        self._dead = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        try:
+            self.proc.wait(timeout=2)  # it reads the end of the socket between imports and forks
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # its children die with it
+            self.proc.wait()
+
+
+_zygotes: dict[tuple, Zygote] = {}
+_zygotes_lock = threading.Lock()
+MAX_ZYGOTES = 2  # environments kept warm at once (a test session changes HF_HOME; each zygote holds its imports)
+
+
+def _key(env: dict) -> tuple:
+    """Zygotes are shared by judges whose environments differ only in what is read when a judge runs."""
+    return tuple(sorted((k, v) for k, v in env.items() if k not in RUNTIME_ENV))
+
+
+def zygote_for(env: dict) -> Zygote:
+    """This process's warm judge for judges run with ``env`` (started on first use, replaced when lost)."""
+    key = _key(env)
+    with _zygotes_lock:
+        z = _zygotes.get(key)
+        if z is None or not z.alive:
+            if z is not None:
+                z.close()
+                del _zygotes[key]
+            for other in [k for k, o in _zygotes.items() if not o.busy][: max(0, len(_zygotes) + 1 - MAX_ZYGOTES)]:
+                _zygotes.pop(other).close()
+            z = _zygotes[key] = Zygote(env)
+        return z
+
+
+@atexit.register
+def close_all() -> None:
+    with _zygotes_lock:
+        for z in _zygotes.values():
+            z.close()
+        _zygotes.clear()
+
+
+# ---------------------------------------------------------------- the zygote itself
+def preload_steps() -> list:
+    """What the zygote imports before it forks a judge, one step each."""
+    import importlib
+
+    def imp(name):
+        def step():
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 - a judge imports it again and fails there, as a fresh one would
+                print(f"warm judge: could not import {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return step
+
+    def digest():
+        from grader import refcache
+
+        refcache.code_digest()
+        import gc
+
+        gc.collect()
+
+    return [imp(n) for n in PRELOAD] + [digest]
+
+
+def _grade():
+    from grader.autograde import _child_main
+
+    return _child_main
+
+
+def probe(argv: list[str]) -> int:
+    """What a forked judge starts from, written as JSON to ``argv[0]`` (``python -m grader.zygote --check``, the tests);
+    ``argv[1]``: ``sleep`` (hang), ``memory`` (allocate past the limit), ``exit N``."""
+    import resource
+
+    facts = {"pid": os.getpid(), "ppid": os.getppid(), "threads": threading.active_count(),
+             "memory_limit": resource.getrlimit(resource.RLIMIT_AS)[0], "core_limit": resource.getrlimit(resource.RLIMIT_CORE)[0],
+             "hash_seed": os.environ.get("PYTHONHASHSEED"), "probe_env": os.environ.get("IOI_PROBE"), "cwd": os.getcwd(),
+             "preloaded": [m for m in PRELOAD if m in sys.modules]}
+    Path(argv[0]).write_text(json.dumps(facts))
+    print("probe: facts written")
+    what = argv[1] if len(argv) > 1 else ""
+    if what == "sleep":
+        time.sleep(600)
+    if what == "memory":
+        blocks = []
+        while True:
+            blocks.append(bytearray(256 << 20))
+    if what == "exit":
+        return int(argv[2])
+    return 0
+
+
+ENTRIES = {"grade": _grade, "probe": lambda: probe}
+
+
+def _child(sock: socket.socket, msg: dict) -> None:
+    """In the forked child: the judge's limits and environment, then grading as ``python -m grader.autograde``; never returns."""
+    code = 1
+    try:
+        sock.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import ctypes
+        import random
+        import resource
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the zygote
+        if os.getppid() == 1:
+            os._exit(1)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (int(msg["memory"]), hard))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        fd = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(msg["env"])
+        random.seed()
+        code = ENTRIES[msg.get("entry", "grade")]()(list(msg["argv"]))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - as an uncaught exception would end ``python -m grader.autograde``
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(fd: int, warm: bool = True) -> None:
+    import select
+
+    sock = socket.socket(fileno=fd)
+    for step in preload_steps() if warm else []:  # all of it first: judges that import beside it make the first ones slower
+        step()
+    children: dict[int, int] = {}  # pid -> request id
+    ids: dict[int, int] = {}  # request id -> pid
+    buf = b""
+
+    def reply(msg: dict) -> None:
+        try:
+            sock.sendall((json.dumps(msg) + "\n").encode())
+        except OSError:
+            pass
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            rid = children.pop(pid, None)
+            if rid is not None:
+                ids.pop(rid, None)
+                reply({"id": rid, "returncode": os.waitstatus_to_exitcode(status)})
+
+    try:
+        while True:
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if ready:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+            reap()
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if msg.get("entry", "grade") not in ENTRIES:
+                    reply({"id": msg.get("id"), "error": "unknown entry"})
+                    continue
+                if msg.get("op") == "kill":
+                    pid = ids.get(msg["id"])
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                    continue
+                try:
+                    pid = os.fork()
+                except OSError as e:
+                    reply({"id": msg["id"], "error": f"the warm judge could not fork ({e})"})
+                    continue
+                if pid == 0:
+                    _child(sock, msg)
+                children[pid], ids[msg["id"]] = msg["id"], pid
+    finally:
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), warm="--bare" not in sys.argv[2:])

@@ -1,0 +1,138 @@
+"""The warm judge (``grader/zygote.py``): judges forked from one trusted parent keep the limits, the
+environment and the isolation of a judge started from nothing, and a lost parent costs no grade."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grader import autograde as ag
+from grader import zygote
+from grader.config import Config
+
+GB = 1 << 30
+
+
+@pytest.fixture
+def bare(tmp_path):
+    """A zygote that skips the imports (the forking, limits and reaping are the same)."""
+    env = dict(ag.judge_env(), IOI_PROBE="given")
+    z = zygote.Zygote(env, warm=False)
+    yield z, env, tmp_path
+    z.close()
+
+
+def probe(z, env, tmp, *what, memory=3 * GB, timeout=60.0):
+    facts, err = tmp / f"facts{time.monotonic_ns()}.json", tmp / "judge.log"
+    rc = z.run([str(facts), *what], env, memory, err, timeout, entry="probe")
+    return rc, (json.loads(facts.read_text()) if facts.exists() else None), err.read_text()
+
+
+def test_a_forked_judge_has_the_judges_limits_and_the_environment_it_is_given(bare):
+    z, env, tmp = bare
+    rc, facts, out = probe(z, env, tmp)
+    assert rc == 0 and "facts written" in out, out  # what the judge prints is kept, as a fresh process's was
+    assert facts["memory_limit"] == 3 * GB and facts["core_limit"] == 0
+    assert facts["hash_seed"] == "0" and facts["probe_env"] == "given" and facts["threads"] == 1
+    assert facts["ppid"] == z.proc.pid and facts["pid"] != z.proc.pid, "a child of the zygote, not the zygote itself"
+    rc2, again, _ = probe(z, dict(env, IOI_PROBE="other"), tmp)
+    assert again["probe_env"] == "other" and again["pid"] != facts["pid"], "every submission its own process and environment"
+
+
+def test_exit_status_memory_limit_and_a_hang_come_back_as_from_a_fresh_process(bare):
+    z, env, tmp = bare
+    assert probe(z, env, tmp, "exit", "3")[0] == 3
+    rc, _, out = probe(z, env, tmp, "memory", memory=1 * GB)
+    assert rc == 1 and "MemoryError" in out, "the judge's address-space limit holds in the child"
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        probe(z, env, tmp, "sleep", timeout=1.0)
+    assert time.monotonic() - t0 < 20
+    assert probe(z, env, tmp)[0] == 0, "the zygote goes on after a child was killed"
+
+
+def test_a_lost_zygote_takes_its_children_with_it_and_says_so(bare):
+    z, env, tmp = bare
+    import threading
+
+    outcome = {}
+
+    def hang():
+        try:
+            probe(z, env, tmp, "sleep", timeout=60.0)
+        except Exception as e:  # noqa: BLE001
+            outcome["error"] = e
+
+    t = threading.Thread(target=hang)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not list(tmp.glob("facts*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (facts,) = [json.loads(p.read_text()) for p in tmp.glob("facts*.json")]
+    z.proc.kill()
+    t.join(30)
+    assert isinstance(outcome.get("error"), zygote.ZygoteGone), outcome
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{facts['pid']}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{facts['pid']}") or "Z" in open(f"/proc/{facts['pid']}/stat").read().split()[2], \
+        "the forked judge died with the zygote"
+    with pytest.raises(zygote.ZygoteGone):
+        probe(z, env, tmp)
+
+
+def test_without_a_zygote_the_judge_runs_as_a_fresh_process(tmp_path, monkeypatch):
+    class Gone:
+        def run(self, *a, **k):
+            raise zygote.ZygoteGone("lost")
+
+    monkeypatch.setattr(zygote, "zygote_for", lambda env: Gone())
+    cmd = [sys.executable, "-c", "import os, sys; print(os.environ['PYTHONHASHSEED']); sys.exit(4)"]
+    assert ag._run_judge(Config(), cmd, ag.judge_env(), tmp_path / "log") == 4
+    assert (tmp_path / "log").read_text().strip() == "0"
+    monkeypatch.setenv(zygote.WARM_ENV, "off")
+    monkeypatch.setattr(zygote, "zygote_for", lambda env: pytest.fail("the warm judge is off"))
+    assert ag._run_judge(Config(), cmd, ag.judge_env(), tmp_path / "log") == 4
+
+
+def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
+    made = []
+
+    class Fake:
+        busy, alive = False, True
+
+        def __init__(self, env):
+            made.append(self)
+
+        def close(self):
+            self.alive = False
+
+    monkeypatch.setattr(zygote, "Zygote", Fake)
+    monkeypatch.setattr(zygote, "_zygotes", {})
+    env = ag.judge_env()
+    a = zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/one"))
+    assert zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/two")) is a, "read when a judge runs: one zygote"
+    b = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"))  # read at import: another zygote
+    assert b is not a and a.alive
+    c = zygote.zygote_for(dict(env, HF_HOME="/third"))
+    assert not a.alive and b.alive and c.alive and len(zygote._zygotes) == zygote.MAX_ZYGOTES
+    b.alive = False  # lost: replaced
+    assert zygote.zygote_for(dict(env, HF_HOME="/elsewhere")) is not b
+
+
+def test_the_warm_zygote_forks_from_one_thread_with_the_judges_modules_loaded(tmp_path):
+    """The real preload (the grader, torch, TransformerLens, the package, the references): the first judge already has it."""
+    env = ag.judge_env()
+    z = zygote.Zygote(env)
+    try:
+        rc, facts, out = probe(z, env, tmp_path, timeout=300.0)
+    finally:
+        z.close()
+    assert rc == 0, out
+    assert facts["threads"] == 1, "nothing but the main thread when a judge is forked"
+    assert set(facts["preloaded"]) == set(zygote.PRELOAD)
