@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         return sp
 
     ag = common(sub.add_parser("autograde", help="grade every submission (sandboxed, resumable); writes grades.csv"))
-    ag.add_argument("--jobs", type=int, help="parallel workers (default: config, 0 = number of cores)")
+    ag.add_argument("--jobs", type=int, help="submissions graded at a time (default: config; 0 = one more than the cores, as memory allows)")
     ag.add_argument("--model", help="embedded or gpt2-small (default: config)")
     ag.add_argument("--student", action="append", help="grade only this student (repeatable)")
     ag.add_argument("--force", action="store_true", help="regrade even when nothing changed")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     for k in ("submitted", "results", "course", "roster"):
         mi.add_argument(f"--{k}", help=f"override the {k} path of the config")
     dm = sub.add_parser("demo", help="the instructor's tour: release, grade the example class in grader/examples/, print the table")
-    dm.add_argument("--jobs", type=int, help="parallel workers (default: config, 0 = number of cores)")
+    dm.add_argument("--jobs", type=int, help="submissions graded at a time (default: config; 0 = one more than the cores, as memory allows)")
     fg = sub.add_parser("formgrader", help="serve nbgrader's formgrader in JupyterLab (the instructor's Lab, with nbgrader's tools)")
     fg.add_argument("--course", help="nbgrader course folder: gradebook and autograded notebooks (default: grader/course)")
     fg.add_argument("--port", type=int, help="port to serve on (default: Jupyter's, 8888 or the next free one)")

@@ -4,7 +4,7 @@
   (01, 02, 03) graded by plain nbgrader (tests in the student's kernel, no sandbox; it grades the
   notebooks one after another) as the baseline, and by the project's grader (sandboxed worker plus
   a separate judge per notebook, forked from a warm judge that each run starts afresh, ``jobs``
-  notebooks at a time: the local default, all cores, unless ``--jobs`` says otherwise; the line
+  notebooks at a time: the local default (one more than the cores), unless ``--jobs`` says otherwise; the line
   says how many) twice: with an empty reference cache (``cold``) and again with the references
   the first run stored (``warm``); one line each, with the judge's peak memory;
 - ``autograde_jobs``: N submissions of notebook 01 (default 20) graded with 1 worker (baseline)
@@ -95,7 +95,7 @@ def _profile(results: list[dict]) -> dict:
 def bench_full_submission(profile: bool = False, jobs: int | None = None) -> list[dict]:
     """Plain nbgrader against the project's grader (cold and warm reference cache) on one full submission.
 
-    ``jobs``: notebooks graded at a time by the project's grader (default: the configured ``jobs``, 0 = all cores).
+    ``jobs``: notebooks graded at a time by the project's grader (default: the configured ``jobs``; 0 = one more than the cores).
     """
     from .course import release_into, run_nbgrader
 
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="add where one submission's time went, per notebook")
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks the project's grader grades at a time in the full-submission benchmark "
-                        "(default: grader_config.toml's jobs, 0 = all cores)")
+                        "(default: grader_config.toml's jobs; 0 = one more than the cores)")
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be at least 1")

@@ -317,3 +317,13 @@ def test_the_hidden_seed_pool_setting_is_checked(tmp_path, value, ok):
     else:
         with pytest.raises(SystemExit, match="hidden_seed_pool must be 0"):
             config.load(path)
+
+
+def test_jobs_default_to_one_more_than_the_cores_as_memory_allows():
+    from grader.config import default_jobs
+
+    assert default_jobs("embedded", cores=2, memory_gb=24) == 3
+    assert default_jobs("embedded", cores=16, memory_gb=24) == 9  # 2.5 GB per job on the embedded model
+    assert default_jobs("gpt2-small", cores=16, memory_gb=24) == 4  # 6 GB per job on GPT-2 small
+    assert default_jobs("embedded", cores=1, memory_gb=1) == 1  # always at least one
+    assert Config(jobs=5).n_jobs == 5 and Config(jobs=0).n_jobs == default_jobs("embedded")
