@@ -240,9 +240,9 @@ def _die_with_parent():
     return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _judge_limits(cfg: Config):
-    """Run in the judge's process before it starts: its own address-space limit, no core files, and it dies with its parent."""
-    mem = int(cfg.judge_memory_gb * (1 << 30))
+def judge_limits(mem: int):
+    """Run in the judge's process before it starts (a fresh one, or one forked from the warm judge):
+    an address-space limit of ``mem`` bytes, no core files, and it dies with its parent."""
     die = _die_with_parent()
 
     def apply():
@@ -276,7 +276,7 @@ def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path) -> int:
             pass  # graded again from nothing, in a fresh process
     with open(err_path, "w") as err:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, timeout=timeout,
-                              preexec_fn=_judge_limits(cfg)).returncode
+                              preexec_fn=judge_limits(int(cfg.judge_memory_gb * (1 << 30)))).returncode
 
 
 def run_child(cfg: Config, student: str, assignment: str) -> SubmissionResult:

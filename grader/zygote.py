@@ -253,16 +253,13 @@ def _child(sock: socket.socket, msg: dict) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        import ctypes
         import random
-        import resource
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the zygote
+        from .autograde import judge_limits
+
+        judge_limits(int(msg["memory"]))()  # the same limits as a fresh judge's; it dies with the zygote
         if os.getppid() == 1:
             os._exit(1)
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (int(msg["memory"]), hard))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         fd = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
