@@ -100,7 +100,8 @@ class Mixture:
 
     def __init__(self, tokenizer, seed: int, mix: str = "ioi:6,story:2,repeat:3", end_weight: float = 8.0, name_swap: float = 0.0,
                  repeat_first: int = 0, block: tuple[int, int] = (4, 12), copies: tuple[int, int] = (2, 4),
-                 prev_first: int = 0, filler_weight: float = 0.1, roles: bool = False, corrupt: bool = False):
+                 prev_first: int = 0, filler_weight: float = 0.1, roles: bool = False, corrupt: bool = False,
+                 ioi_prefix: int = 0):
         self.KINDS = tuple(k for part in mix.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1]))
         self.end_weight = end_weight
         self.tok = tokenizer
@@ -109,6 +110,7 @@ class Mixture:
         self.pools: dict[str, list[tuple]] = {"ioi": [], "story": []}
         self.roles = roles
         self.corrupt = corrupt  # with roles: each IOI prompt also as an "XYZ" prompt (three fresh names)
+        self.ioi_prefix = ioi_prefix  # IOI prompts after 0 to this many random tokens (0: none)
         self.flips = [parse_flip(f) for f in FLIP_GRID.values() if f is not None]
         self.info: dict = {}  # where the roles' targets are in the last batch (see ``batch``)
         self.templates = BABA_TEMPLATES + ABBA_TEMPLATES
@@ -254,6 +256,15 @@ class Mixture:
                 info["target"].append(target)
                 info["other"].append(other)
             xyz = self._xyz(ids, where) if self.roles and self.corrupt and where is not None else None
+            if kind == "ioi" and self.ioi_prefix:
+                # random tokens in front, so that no name sits at a fixed position: heads that find S1 + 1 from S2
+                # have to find it by what precedes it (the previous-token heads), not by where templates put it
+                pre = self.rng.integers(0, 50257, size=int(self.rng.integers(0, self.ioi_prefix + 1))).tolist()
+                ids = pre + ids
+                flipped = None if flipped is None else pre + flipped
+                xyz = None if xyz is None else pre + xyz
+                end = end + len(pre)
+                where = None if where is None else tuple(x + len(pre) for x in where)
             if self.rng.random() < 0.25:  # sometimes a BOS in front, as some users prepend one
                 ids = [EOT_ID] + ids
                 flipped = None if flipped is None else [EOT_ID] + flipped
@@ -413,8 +424,11 @@ class Roles:
                  iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
                  quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0,
                  sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False,
-                 quiet_senders: bool = False, prev_sender_weight: float = 0.0):
+                 quiet_senders: bool = False, prev_sender_weight: float = 0.0, prev_redundant: float = 0.0,
+                 prev_sender_start: int = 0):
         self.prev_sender_weight = prev_sender_weight
+        self.prev_redundant, self.prev_sender_start = prev_redundant, prev_sender_start
+        self.step = 0  # the training step (set by ``train``): ``prev_sender_start`` reads it
         self.sender_weight, self.induction_ioi = sender_weight, induction_ioi
         self.copy_weight, self.nm_dla_weight, self.nm_margin = copy_weight, nm_dla_weight, nm_margin
         self.attn_weight, self.iit_weight = attn_weight, iit_weight
@@ -554,7 +568,7 @@ class Roles:
                 parts["iit"] = self._iit(toks, info, rows, ends)
             if self.sender_weight and torch.is_tensor(info.get("xyz")):
                 parts["senders"] = self._sender_iit(toks, info, rows, ends, s2)
-            if self.prev_sender_weight and torch.is_tensor(info.get("xyz")):
+            if self.prev_sender_weight and self.step >= self.prev_sender_start and torch.is_tensor(info.get("xyz")):
                 parts["prev_senders"] = self._prev_sender_iit(toks, info, rows, s1, s2)
         x_final = ln_in["x"]
         ln_scale = (x_final.var(-1, unbiased=False, keepdim=True) + model.config.layer_norm_epsilon).sqrt()
@@ -686,10 +700,19 @@ class Roles:
         """Interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 (which
         say which name came before) are taken, all together, from the XYZ prompt; the induction heads at S2 must
         then stop attending S1+1. Both senders are always patched together, so either alone may still do: what
-        the multi-sender exercise measures. The loss is the patched run's attention S2 -> S1+1."""
+        the multi-sender exercise measures. The loss is the patched run's attention S2 -> S1+1.
+
+        With ``prev_redundant`` (a share of batches), one previous-token head alone (chosen at random) is patched
+        instead, and the induction heads must still attend S2 -> S1+1 (loss -log of that attention): either sender
+        alone then suffices, so each alone moves the metric little and both together a lot, as in GPT-2 small."""
         at = s1 + 1
-        att = self._interchanged_attentions(toks, info["xyz"], self.layout["previous token"], rows, at)
-        return torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]]).mean()
+        heads = self.layout["previous token"]
+        alone = self.prev_redundant > 0 and float(torch.rand(1)) < self.prev_redundant
+        if alone:
+            heads = [heads[int(torch.randint(0, len(heads), (1,)))]]
+        att = self._interchanged_attentions(toks, info["xyz"], heads, rows, at)
+        p = torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]])
+        return -(p + 1e-6).log().mean() if alone else p.mean()
 
 
 def _sampled_from_hidden(model, hidden, toks, weights, n_neg: int, gen: torch.Generator):
@@ -712,7 +735,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
           iit_weight: float = 1.0, resid_weight: float = 0.0, resid_max: float = 1.0, repeat_weight: float = 1.0,
           quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02,
           sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False, quiet_senders: bool = False,
-          prev_sender_weight: float = 0.0) -> dict:
+          prev_sender_weight: float = 0.0, prev_redundant: float = 0.0, prev_sender_start: int = 0,
+          ioi_prefix: int = 0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -742,12 +766,13 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
     if fixed_positions:  # the sinusoids stay as they are, as in the original Transformer
         model.transformer.wpe.weight.requires_grad_(False)
     data = Mixture(tokenizer, seed, mix, end_weight, name_swap, repeat_first, block, copies, prev_first, filler_weight, roles,
-                   corrupt=bool(sender_weight or prev_sender_weight))
+                   corrupt=bool(sender_weight or prev_sender_weight), ioi_prefix=ioi_prefix)
     shaper = Roles(model, nm_dropout=nm_dropout, neg_margin=neg_margin, attn_weight=attn_weight,
                    iit_weight=iit_weight, resid_weight=resid_weight, resid_max=resid_max, repeat_weight=repeat_weight,
                    quiet_late=quiet_late, copy_weight=copy_weight, nm_dla_weight=nm_dla_weight,
                    nm_margin=nm_margin, sender_weight=sender_weight, induction_ioi=induction_ioi,
-                   quiet_mid=quiet_mid, quiet_senders=quiet_senders, prev_sender_weight=prev_sender_weight) if roles else None
+                   quiet_mid=quiet_mid, quiet_senders=quiet_senders, prev_sender_weight=prev_sender_weight,
+                   prev_redundant=prev_redundant, prev_sender_start=prev_sender_start) if roles else None
     parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -785,6 +810,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         if shaper is None:
             loss = sampled_loss(model, toks.to(device), weights.to(device), n_neg, gen)
         else:
+            shaper.step = step
             loss, parts = shaper.losses(kind, toks.to(device), weights.to(device), data.info, n_neg, gen, iit=True)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
@@ -864,6 +890,9 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "quiet_mid": quiet_mid,
         "quiet_senders": quiet_senders,
         "prev_sender_weight": prev_sender_weight,
+        "prev_redundant": prev_redundant,
+        "prev_sender_start": prev_sender_start,
+        "ioi_prefix": ioi_prefix,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -919,6 +948,9 @@ def main(argv=None):
     p.add_argument("--quiet-mid", action="store_true", help="the S-inhibition heads' layer-mates 2.1-2.3, 3.1-3.3 are quiet at END (with --roles)")
     p.add_argument("--quiet-senders", action="store_true", help="the duplicate-token and (fuzzy) induction heads are quiet at END (with --roles)")
     p.add_argument("--prev-sender-weight", type=float, default=0.0, help="weight of the interchange intervention on the induction heads' keys: the previous-token heads' outputs at S1+1 from an XYZ prompt must stop their attention S2 -> S1+1 (with --roles)")
+    p.add_argument("--prev-redundant", type=float, default=0.0, help="share of the induction-key interventions that patch one previous-token head alone, after which the induction heads must still attend S2 -> S1+1 (with --prev-sender-weight)")
+    p.add_argument("--prev-sender-start", type=int, default=0, help="step at which the induction-key intervention starts (with --prev-sender-weight)")
+    p.add_argument("--ioi-prefix", type=int, default=0, help="IOI prompts follow 0 to this many random tokens, so names sit at no fixed position (0: none)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -935,7 +967,8 @@ def main(argv=None):
                  repeat_weight=a.repeat_weight, quiet_late=a.quiet_late, copy_weight=a.copy_weight,
                  nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init, sender_weight=a.sender_weight,
                  induction_ioi=a.induction_ioi, quiet_mid=a.quiet_mid, quiet_senders=a.quiet_senders,
-                 prev_sender_weight=a.prev_sender_weight)
+                 prev_sender_weight=a.prev_sender_weight, prev_redundant=a.prev_redundant,
+                 prev_sender_start=a.prev_sender_start, ioi_prefix=a.ioi_prefix)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" in args:  # where the weights go does not change them
