@@ -425,7 +425,8 @@ class Roles:
                  quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0,
                  sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False,
                  quiet_senders: bool = False, prev_sender_weight: float = 0.0, prev_redundant: float = 0.0,
-                 prev_sender_start: int = 0):
+                 prev_sender_start: int = 0, quiet_cap: float = 0.0):
+        self.quiet_cap = quiet_cap
         self.prev_sender_weight = prev_sender_weight
         self.prev_redundant, self.prev_sender_start = prev_redundant, prev_sender_start
         self.step = 0  # the training step (set by ``train``): ``prev_sender_start`` reads it
@@ -548,8 +549,17 @@ class Roles:
             for role, q_at, k_at in targets:
                 for l, h in self.layout[role]:
                     parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, q_at, k_at)
+            nm_layer = self.layout["name mover"][0][0]
             for l, h in self.layout.get("quiet", []):
-                parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.zeros_like(ends))
+                if self.quiet_cap and l >= nm_layer:
+                    # only up to ``quiet_cap`` of its attention on the first position: the rest stays free, so what
+                    # reaches its keys still moves its output a little (fully quiet, path patching into its keys moved
+                    # nothing, and a wrong "together" in the multi-sender exercise passed on such a receiver)
+                    nll = -(att[l][rows, h, ends, 0] + 1e-6).log()
+                    ce = torch.relu(nll + math.log(self.quiet_cap)).mean()
+                else:
+                    ce = self._attn_ce(att[l][:, h], rows, ends, torch.zeros_like(ends))
+                parts["attn"] = parts["attn"] + ce
             for l, h in self.layout["backup name mover"]:
                 parts["attn"] = parts["attn"] + self._attn_ce(att[l][:, h], rows, ends, torch.where(ablate, io, 0))
             # negative name mover: its direct logit attribution at END below -neg_margin
@@ -736,7 +746,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
           quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02,
           sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False, quiet_senders: bool = False,
           prev_sender_weight: float = 0.0, prev_redundant: float = 0.0, prev_sender_start: int = 0,
-          ioi_prefix: int = 0) -> dict:
+          ioi_prefix: int = 0, quiet_cap: float = 0.0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -772,7 +782,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
                    quiet_late=quiet_late, copy_weight=copy_weight, nm_dla_weight=nm_dla_weight,
                    nm_margin=nm_margin, sender_weight=sender_weight, induction_ioi=induction_ioi,
                    quiet_mid=quiet_mid, quiet_senders=quiet_senders, prev_sender_weight=prev_sender_weight,
-                   prev_redundant=prev_redundant, prev_sender_start=prev_sender_start) if roles else None
+                   prev_redundant=prev_redundant, prev_sender_start=prev_sender_start, quiet_cap=quiet_cap) if roles else None
     parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -893,6 +903,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "prev_redundant": prev_redundant,
         "prev_sender_start": prev_sender_start,
         "ioi_prefix": ioi_prefix,
+        "quiet_cap": quiet_cap,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -951,6 +962,7 @@ def main(argv=None):
     p.add_argument("--prev-redundant", type=float, default=0.0, help="share of the induction-key interventions that patch one previous-token head alone, after which the induction heads must still attend S2 -> S1+1 (with --prev-sender-weight)")
     p.add_argument("--prev-sender-start", type=int, default=0, help="step at which the induction-key intervention starts (with --prev-sender-weight)")
     p.add_argument("--ioi-prefix", type=int, default=0, help="IOI prompts follow 0 to this many random tokens, so names sit at no fixed position (0: none)")
+    p.add_argument("--quiet-cap", type=float, default=0.0, help="the quiet heads of the name mover's layer and above put at most this share of their attention at END on the first position (0: all of it)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -968,7 +980,7 @@ def main(argv=None):
                  nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init, sender_weight=a.sender_weight,
                  induction_ioi=a.induction_ioi, quiet_mid=a.quiet_mid, quiet_senders=a.quiet_senders,
                  prev_sender_weight=a.prev_sender_weight, prev_redundant=a.prev_redundant,
-                 prev_sender_start=a.prev_sender_start, ioi_prefix=a.ioi_prefix)
+                 prev_sender_start=a.prev_sender_start, ioi_prefix=a.ioi_prefix, quiet_cap=a.quiet_cap)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" in args:  # where the weights go does not change them
