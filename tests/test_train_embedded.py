@@ -222,3 +222,92 @@ def test_sender_intervention_reads_the_s_inhibition_heads_attention_to_s2():
     assert not any(m._forward_pre_hooks for m in model.modules()), "no hooks left behind"
     _, parts = Roles(model).losses(kind, toks, weights, info, 64, torch.Generator().manual_seed(0), iit=False)
     assert "senders" not in parts
+
+
+def test_ioi_prefix_moves_the_names_and_keeps_the_targets_aligned():
+    """``ioi_prefix``: random tokens in front of IOI prompts; the recorded IO/S1/S2/END positions, the flipped
+    and the XYZ prompts move with them."""
+    tok = load_tokenizer()
+    plain = Mixture(tok, seed=0, mix="ioi:1", roles=True, corrupt=True)
+    moved = Mixture(tok, seed=0, mix="ioi:1", roles=True, corrupt=True, ioi_prefix=12)
+    plain.batch(32)
+    kind, toks, _ = moved.batch(32)
+    assert kind == "ioi"
+    info = moved.info
+    shifts = set()
+    for i, (io, s1, s2) in enumerate(info["where"]):
+        row = toks[i].tolist()
+        assert row[s1] == row[s2] != row[io], "S1 and S2 are the same name, IO another"
+        assert row[info["ends"][i] + 1] == row[io], "the answer after END is IO"
+        assert info["xyz"][i, :s1].tolist()[: min(io, s1)] == row[: min(io, s1)], "the XYZ prompt has the same prefix"
+        assert info["flipped"][i, : min(io, s1)].tolist() == row[: min(io, s1)]
+        shifts.add(s1 - plain.info["where"][i][1])
+    assert len(shifts) > 3 and min(shifts) >= 0, "prefixes of several lengths"
+    assert plain.info["where"] != info["where"]
+
+
+def _roles_batch(**mixture):
+    from transformers import GPT2LMHeadModel
+
+    from tools.train_embedded import build_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(build_config(0.0, 6, 4, 32))
+    model.config._attn_implementation = "eager"
+    data = Mixture(load_tokenizer(), seed=0, mix="ioi:1", roles=True, corrupt=True, **mixture)
+    kind, toks, weights = data.batch(4)
+    return model, kind, toks, weights, dict(data.info)
+
+
+def test_redundant_previous_token_senders_patch_one_head_and_keep_the_attention(monkeypatch):
+    """``prev_redundant``: in that share of batches one previous-token head alone is patched and the loss is
+    -log of the induction heads' attention S2 -> S1+1 (it must stay); otherwise both, and the loss is the
+    attention itself (it must drop)."""
+    from tools.train_embedded import ROLE_LAYOUT, Roles
+
+    model, kind, toks, weights, info = _roles_batch()
+    rows = torch.arange(toks.shape[0])
+    s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in (1, 2))
+    patched = []
+    real = Roles._interchanged_attentions
+
+    def spy(self, toks, xyz, heads, rows, at):
+        patched.append(list(heads))
+        return real(self, toks, xyz, heads, rows, at)
+    monkeypatch.setattr(Roles, "_interchanged_attentions", spy)
+    with torch.no_grad():
+        both = Roles(model, prev_sender_weight=1.0)._prev_sender_iit(toks, info, rows, s1, s2)
+        assert patched[-1] == ROLE_LAYOUT["previous token"] and 0 < both.item() < 1
+        one = Roles(model, prev_sender_weight=1.0, prev_redundant=1.0)
+        losses = [one._prev_sender_iit(toks, info, rows, s1, s2).item() for _ in range(8)]
+    assert all(len(h) == 1 and h[0] in ROLE_LAYOUT["previous token"] for h in patched[1:])
+    assert {h[0] for h in patched[1:]} == set(ROLE_LAYOUT["previous token"]), "each head in turn"
+    assert all(x > 1.0 for x in losses), "-log of a spread attention (untrained model) is large"
+    # the intervention starts at ``prev_sender_start``
+    late = Roles(model, prev_sender_weight=1.0, prev_sender_start=10)
+    _, parts = late.losses(kind, toks, weights, info, 64, torch.Generator().manual_seed(0), iit=False)
+    assert "prev_senders" not in parts
+    late.step = 10
+    _, parts = late.losses(kind, toks, weights, info, 64, torch.Generator().manual_seed(0), iit=False)
+    assert "prev_senders" in parts
+
+
+def test_quiet_cap_frees_part_of_the_late_quiet_heads_attention():
+    """``quiet_cap``: the quiet heads from the name mover's layer up are only pushed to put that share of their
+    attention at END on the first position: on an untrained model (far below it) each such head's loss falls
+    by exactly -log(cap)."""
+    import math
+
+    from tools.train_embedded import Roles
+
+    model, kind, toks, weights, info = _roles_batch()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        torch.manual_seed(0)
+        _, full = Roles(model, quiet_late=True).losses(kind, toks, weights, info, 64, gen(), iit=False)
+        torch.manual_seed(0)
+        capped_roles = Roles(model, quiet_late=True, quiet_cap=0.5)
+        _, capped = capped_roles.losses(kind, toks, weights, info, 64, gen(), iit=False)
+    late = [h for h in capped_roles.layout["quiet"] if h[0] >= 4]
+    assert len(late) == 5
+    assert full["attn"] - capped["attn"] == pytest.approx(len(late) * math.log(2), rel=1e-3)
