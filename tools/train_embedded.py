@@ -425,8 +425,8 @@ class Roles:
                  quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0,
                  sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False,
                  quiet_senders: bool = False, prev_sender_weight: float = 0.0, prev_redundant: float = 0.0,
-                 prev_sender_start: int = 0, quiet_cap: float = 0.0):
-        self.quiet_cap = quiet_cap
+                 prev_sender_start: int = 0, quiet_cap: float = 0.0, query_free: float = 0.0):
+        self.quiet_cap, self.query_free = quiet_cap, query_free
         self.prev_sender_weight = prev_sender_weight
         self.prev_redundant, self.prev_sender_start = prev_redundant, prev_sender_start
         self.step = 0  # the training step (set by ``train``): ``prev_sender_start`` reads it
@@ -714,9 +714,20 @@ class Roles:
 
         With ``prev_redundant`` (a share of batches), one previous-token head alone (chosen at random) is patched
         instead, and the induction heads must still attend S2 -> S1+1 (loss -log of that attention): either sender
-        alone then suffices, so each alone moves the metric little and both together a lot, as in GPT-2 small."""
+        alone then suffices, so each alone moves the metric little and both together a lot, as in GPT-2 small.
+
+        With ``query_free`` (a share of batches), the other heads below the induction heads (the duplicate-token
+        head among them) are patched instead, at S2, and the induction heads must still attend S2 -> S1+1: without
+        it they found S1+1 through the duplicate-token head's output at S2 (where S1 is, so S1+1 is one further)
+        and read nothing from the previous-token heads (patching both moved their attention by 0.001)."""
         at = s1 + 1
         heads = self.layout["previous token"]
+        if self.query_free > 0 and float(torch.rand(1)) < self.query_free:
+            low = min(l for l, _ in self.layout["induction"])
+            others = [(l, h) for l in range(low) for h in range(self.model.config.n_head) if (l, h) not in heads]
+            att = self._interchanged_attentions(toks, info["xyz"], others, rows, s2)
+            p = torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]])
+            return -(p + 1e-6).log().mean()
         alone = self.prev_redundant > 0 and float(torch.rand(1)) < self.prev_redundant
         if alone:
             heads = [heads[int(torch.randint(0, len(heads), (1,)))]]
@@ -746,7 +757,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
           quiet_late: bool = False, copy_weight: float = 0.0, nm_dla_weight: float = 0.0, nm_margin: float = 3.0, emb_init: float = 0.02,
           sender_weight: float = 0.0, induction_ioi: bool = False, quiet_mid: bool = False, quiet_senders: bool = False,
           prev_sender_weight: float = 0.0, prev_redundant: float = 0.0, prev_sender_start: int = 0,
-          ioi_prefix: int = 0, quiet_cap: float = 0.0) -> dict:
+          ioi_prefix: int = 0, quiet_cap: float = 0.0, query_free: float = 0.0) -> dict:
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -782,7 +793,8 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
                    quiet_late=quiet_late, copy_weight=copy_weight, nm_dla_weight=nm_dla_weight,
                    nm_margin=nm_margin, sender_weight=sender_weight, induction_ioi=induction_ioi,
                    quiet_mid=quiet_mid, quiet_senders=quiet_senders, prev_sender_weight=prev_sender_weight,
-                   prev_redundant=prev_redundant, prev_sender_start=prev_sender_start, quiet_cap=quiet_cap) if roles else None
+                   prev_redundant=prev_redundant, prev_sender_start=prev_sender_start, quiet_cap=quiet_cap,
+                   query_free=query_free) if roles else None
     parts_sum: dict[str, float] = {}
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -904,6 +916,7 @@ def train(out: Path, minutes: float, dropout: float, seed: int, batch: int, lr: 
         "prev_sender_start": prev_sender_start,
         "ioi_prefix": ioi_prefix,
         "quiet_cap": quiet_cap,
+        "query_free": query_free,
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
@@ -963,6 +976,7 @@ def main(argv=None):
     p.add_argument("--prev-sender-start", type=int, default=0, help="step at which the induction-key intervention starts (with --prev-sender-weight)")
     p.add_argument("--ioi-prefix", type=int, default=0, help="IOI prompts follow 0 to this many random tokens, so names sit at no fixed position (0: none)")
     p.add_argument("--quiet-cap", type=float, default=0.0, help="the quiet heads of the name mover's layer and above put at most this share of their attention at END on the first position (0: all of it)")
+    p.add_argument("--query-free", type=float, default=0.0, help="share of the induction-key interventions that patch the other heads below the induction heads at S2 instead, after which the induction heads must still attend S2 -> S1+1 (with --prev-sender-weight)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between quick evaluations")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the weights depend on it)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe) or cuda (for exploring; not bit-reproducible)")
@@ -980,7 +994,8 @@ def main(argv=None):
                  nm_dla_weight=a.nm_dla_weight, nm_margin=a.nm_margin, emb_init=a.emb_init, sender_weight=a.sender_weight,
                  induction_ioi=a.induction_ioi, quiet_mid=a.quiet_mid, quiet_senders=a.quiet_senders,
                  prev_sender_weight=a.prev_sender_weight, prev_redundant=a.prev_redundant,
-                 prev_sender_start=a.prev_sender_start, ioi_prefix=a.ioi_prefix, quiet_cap=a.quiet_cap)
+                 prev_sender_start=a.prev_sender_start, ioi_prefix=a.ioi_prefix, quiet_cap=a.quiet_cap,
+                 query_free=a.query_free)
     # the command that made these weights, as the model card reports it
     args = list(sys.argv[1:] if argv is None else argv)
     if "--out" in args:  # where the weights go does not change them
