@@ -462,6 +462,20 @@ What else was tried (each a 1,500-step run of that model, measured with this car
   lesson-1 rows pass (into the induction keys 0.2 -2.8% and 0.0 -1.5% are the most negative senders; together
   -8.4% against a sum of -4.3% alone), and lessons 2 (53%) and 3, S-inhibition and the name movers too, but IOI
   (2.16, 82%) and induction (6.03 nats) missed: both formed some 400 steps later than without the prefix.
+  The same for 2,400 steps with ablation dropout 0.4 and `--quiet-cap 0.8` (1,747 s): 8 rows; IOI (4.51, 92%)
+  and induction (1.79 nats) still short, and the previous-token heads' path into the induction keys was back
+  to -0.4% (together -0.4%, the sum alone -0.4%).
+- The prefix with the induction-key intervention at weight 1.0 from the start and `--query-free 0.25` (in a
+  quarter of those interventions the heads below the induction heads other than the previous-token heads,
+  the duplicate-token head among them, are patched at S2 from the XYZ prompt, and the induction heads must
+  still attend S1+1), ablation dropout 0.4, `--quiet-cap 0.8`, 2,400 steps (1,642 s): 11 of 13 rows: IOI 6.16
+  (99.5%), induction 0.92 nats, S-inhibition 2.0 -48.6% and 3.0 -79.4%, name movers (backup 5.0, negative 5.1),
+  lesson 1's S-inhibition keys (0.1 -79.2%), lesson 2 (compensation 64%, 5.0 +56%, scale ratio 0.949), lesson 3.
+  It misses lesson 1's induction keys and multi-sender: patching both previous-token heads now lowers the
+  induction heads' attention S2 -> S1+1 from 0.87 to 0.76, but the S-inhibition heads' keys read the
+  duplicate-token head (0.1 -79%) and hardly the induction heads, so the metric moves by +0.3%. Not shipped:
+  the hidden multi-sender test's draw for an empty key (senders 1.0 and 2.3 into 5.2's keys) still tells
+  "together" from the first sender alone by less than its tolerance on it (7e-5).
 - Earlier: without the direct-effect objectives and with GPT-2's embedding scale the run missed IOI (2.40,
   93%) and repeats (10.83 nats with induction scores 0.85: the residual before the final LayerNorm had norm
   ~290 against token embeddings of ~0.6); with the residual hinge alone the repeat loss fell only to 8.74
