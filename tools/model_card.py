@@ -475,7 +475,20 @@ What else was tried (each a 1,500-step run of that model, measured with this car
   induction heads' attention S2 -> S1+1 from 0.87 to 0.76, but the S-inhibition heads' keys read the
   duplicate-token head (0.1 -79%) and hardly the induction heads, so the metric moves by +0.3%. Not shipped:
   the hidden multi-sender test's draw for an empty key (senders 1.0 and 2.3 into 5.2's keys) still tells
-  "together" from the first sender alone by less than its tolerance on it (7e-5).
+  "together" from the first sender alone by less than its tolerance on it (7e-5): on it `tests/test_mutation.py`
+  catches 53 of nb01's 54 wrong answers, all but "together = the first sender only".
+- Without the prefix, the induction-key intervention with `--prev-redundant 0.5 --query-free 0.33`,
+  ablation dropout 0.4 and `--quiet-cap 0.8`, 2,200 steps (771 s): 9 rows; IOI 8.36 but IO preferred in only
+  93.5%, lesson 2 at 29% (5.0 +38%), and the previous-token heads' path into the induction keys at +0.0%
+  (the induction heads' attention S2 -> S1+1 0.80; the S-inhibition heads' keys read the duplicate-token head,
+  0.1 -110.6%, and the induction heads little, 1.0 -3.1%).
+The fourth round's best run is therefore the prefix run with the query-side intervention above: 11 of 13
+rows (`--layers 6 --heads 4 --roles --mix ioi:5,repeat:3 --prev-first 0 --hold-prev 0 --batch 24 --copies 2 3
+--resid-weight 1.0 --resid-max 1.0 --repeat-weight 2 --quiet-late --copy-weight 1.0 --nm-dla-weight 0.5
+--nm-margin 3 --emb-init 0.15 --threads 1 --sender-weight 1.0 --steps 2400 --ioi-prefix 12 --prev-sender-weight
+1.0 --prev-redundant 0.5 --query-free 0.25 --quiet-senders --nm-dropout 0.4 --quiet-cap 0.8`); what it lacks is a
+path from the previous-token heads through the induction heads into the S-inhibition heads' keys that moves
+the metric, and a hidden multi-sender draw that does not land on a quiet receiver.
 - Earlier: without the direct-effect objectives and with GPT-2's embedding scale the run missed IOI (2.40,
   93%) and repeats (10.83 nats with induction scores 0.85: the residual before the final LayerNorm had norm
   ~290 against token embeddings of ~0.6); with the residual hinge alone the repeat loss fell only to 8.74
