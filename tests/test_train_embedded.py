@@ -311,3 +311,27 @@ def test_quiet_cap_frees_part_of_the_late_quiet_heads_attention():
     late = [h for h in capped_roles.layout["quiet"] if h[0] >= 4]
     assert len(late) == 5
     assert full["attn"] - capped["attn"] == pytest.approx(len(late) * math.log(2), rel=1e-3)
+
+
+def test_query_free_patches_the_other_low_heads_at_s2(monkeypatch):
+    """``query_free``: the heads below the induction heads other than the previous-token heads (the
+    duplicate-token head among them) are patched at S2, and the induction heads must still attend S1+1."""
+    from tools.train_embedded import ROLE_LAYOUT, Roles
+
+    model, kind, toks, weights, info = _roles_batch()
+    rows = torch.arange(toks.shape[0])
+    s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in (1, 2))
+    calls = []
+    real = Roles._interchanged_attentions
+
+    def spy(self, toks, xyz, heads, rows, at):
+        calls.append((list(heads), at.clone()))
+        return real(self, toks, xyz, heads, rows, at)
+    monkeypatch.setattr(Roles, "_interchanged_attentions", spy)
+    with torch.no_grad():
+        loss = Roles(model, prev_sender_weight=1.0, query_free=1.0)._prev_sender_iit(toks, info, rows, s1, s2)
+    (heads, at), = calls
+    assert heads == [(0, 1), (0, 3)] and ROLE_LAYOUT["duplicate token"][0] in heads
+    assert not set(heads) & set(ROLE_LAYOUT["previous token"])
+    assert torch.equal(at, s2), "patched at S2, the induction heads' query"
+    assert loss.item() > 1.0, "-log of a spread attention (untrained model)"
