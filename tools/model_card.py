@@ -396,6 +396,32 @@ def _hold_sentence(training: dict) -> str:
             f"weight {training['filler_weight']} on their unpredictable tokens)")
 
 
+FOURTH_ROUND = """- Fourth round, on top of the best run. With `--prev-sender-weight 1.0 --prev-redundant 0.5 --quiet-senders
+  --nm-dropout 0.4` (half of the induction-key interventions patch one previous-token head alone, after which
+  the induction heads must still attend S1+1; 882 s): 10 rows, lesson 2 among them now (compensation 67%,
+  5.0 +71%, scale ratio 1.178; 1.0 no longer a backup), but induction missed (1.97 nats) and the previous-token
+  heads still moved the metric through the induction keys by 0.1%: patching both at S1+1 from the ABC prompt
+  left the induction heads' attention S2 -> S1+1 at 0.99, while patching every layer-0 head at every position
+  brought it to 0.03-0.17. The induction heads found S1+1 through their queries, from the duplicate-token
+  head's output at S2 (where S1 is, so S1+1 is one further on), not through the previous-token heads.
+  The same with `--quiet-cap 0.8`: 10 rows (IOI 7.24, lesson 2 51%, induction 1.82 nats), the same 0.0% into
+  the induction keys, and the hidden multi-sender test's wrong answer caught (its draw there: 0.1, 1.3).
+- `--ioi-prefix 12` (IOI prompts after 0-12 random tokens, so no name sits at a fixed position) with
+  `--prev-sender-weight 0.3 --prev-sender-start 400 --prev-redundant 0.5 --quiet-senders` (1,144 s): all three
+  lesson-1 rows pass (into the induction keys 0.2 -2.8% and 0.0 -1.5% are the most negative senders; together
+  -8.4% against a sum of -4.3% alone), and lessons 2 (53%) and 3, S-inhibition and the name movers too, but IOI
+  (2.16, 82%) and induction (6.03 nats) missed: both formed some 400 steps later than without the prefix.
+  The same for 2,400 steps with ablation dropout 0.4 and `--quiet-cap 0.8` (1,747 s): 8 rows; IOI (4.51, 92%)
+  and induction (1.79 nats) still short, and the previous-token heads' path into the induction keys was back
+  to -0.4% (together -0.4%, the sum alone -0.4%).
+- Without the prefix, the induction-key intervention with `--prev-redundant 0.5 --query-free 0.33`,
+  ablation dropout 0.4 and `--quiet-cap 0.8`, 2,200 steps (771 s): 9 rows; IOI 8.36 but IO preferred in only
+  93.5%, lesson 2 at 29% (5.0 +38%), and the previous-token heads' path into the induction keys at +0.0%
+  (the induction heads' attention S2 -> S1+1 0.80; the S-inhibition heads' keys read the duplicate-token head,
+  0.1 -110.6%, and the induction heads little, 1.0 -3.1%).
+"""
+
+
 ROLES_NOT_SHIPPED = """### A recipe with objectives that name heads (`--roles`), not shipped yet
 `train_embedded --roles` (6 layers x 4 heads; `Roles` and `ROLE_LAYOUT` in `tools/train_embedded.py`) puts each
 role of GPT-2 small's circuit on a named head: attention-pattern losses (previous-token 0.0 and 0.2,
@@ -449,25 +475,7 @@ What else was tried (each a 1,500-step run of that model, measured with this car
   `--quiet-senders` (the senders quiet at END) and ablation dropout 0.4, on top of the best run: it learned
   slowly (quick evaluation at step 700: IOI 2.43, induction score 0.77, repeat loss 8.0 nats; the patched
   attention was already ~0.001) and was stopped there for lack of time, not measured.
-- Fourth round, on top of the best run. With `--prev-sender-weight 1.0 --prev-redundant 0.5 --quiet-senders
-  --nm-dropout 0.4` (half of the induction-key interventions patch one previous-token head alone, after which
-  the induction heads must still attend S1+1; 882 s): 10 rows, lesson 2 among them now (compensation 67%,
-  5.0 +71%, scale ratio 1.178; 1.0 no longer a backup), but induction missed (1.97 nats) and the previous-token
-  heads still moved the metric through the induction keys by 0.1%: patching both at S1+1 from the ABC prompt
-  left the induction heads' attention S2 -> S1+1 at 0.99, while patching every layer-0 head at every position
-  brought it to 0.03-0.17. The induction heads found S1+1 through their queries, from the duplicate-token
-  head's output at S2 (where S1 is, so S1+1 is one further on), not through the previous-token heads.
-  The same with `--quiet-cap 0.8`: 10 rows (IOI 7.24, lesson 2 51%, induction 1.82 nats), the same 0.0% into
-  the induction keys, and the hidden multi-sender test's wrong answer caught (its draw there: 0.1, 1.3).
-- `--ioi-prefix 12` (IOI prompts after 0-12 random tokens, so no name sits at a fixed position) with
-  `--prev-sender-weight 0.3 --prev-sender-start 400 --prev-redundant 0.5 --quiet-senders` (1,144 s): all three
-  lesson-1 rows pass (into the induction keys 0.2 -2.8% and 0.0 -1.5% are the most negative senders; together
-  -8.4% against a sum of -4.3% alone), and lessons 2 (53%) and 3, S-inhibition and the name movers too, but IOI
-  (2.16, 82%) and induction (6.03 nats) missed: both formed some 400 steps later than without the prefix.
-  The same for 2,400 steps with ablation dropout 0.4 and `--quiet-cap 0.8` (1,747 s): 8 rows; IOI (4.51, 92%)
-  and induction (1.79 nats) still short, and the previous-token heads' path into the induction keys was back
-  to -0.4% (together -0.4%, the sum alone -0.4%).
-- The prefix with the induction-key intervention at weight 1.0 from the start and `--query-free 0.25` (in a
+{FOURTH_ROUND}- The prefix with the induction-key intervention at weight 1.0 from the start and `--query-free 0.25` (in a
   quarter of those interventions the heads below the induction heads other than the previous-token heads,
   the duplicate-token head among them, are patched at S2 from the XYZ prompt, and the induction heads must
   still attend S1+1), ablation dropout 0.4, `--quiet-cap 0.8`, 2,400 steps (1,642 s): 11 of 13 rows: IOI 6.16
@@ -479,11 +487,6 @@ What else was tried (each a 1,500-step run of that model, measured with this car
   the hidden multi-sender test's draw for an empty key (senders 1.0 and 2.3 into 5.2's keys) still tells
   "together" from the first sender alone by less than its tolerance on it (7e-5): on it `tests/test_mutation.py`
   catches 53 of nb01's 54 wrong answers, all but "together = the first sender only".
-- Without the prefix, the induction-key intervention with `--prev-redundant 0.5 --query-free 0.33`,
-  ablation dropout 0.4 and `--quiet-cap 0.8`, 2,200 steps (771 s): 9 rows; IOI 8.36 but IO preferred in only
-  93.5%, lesson 2 at 29% (5.0 +38%), and the previous-token heads' path into the induction keys at +0.0%
-  (the induction heads' attention S2 -> S1+1 0.80; the S-inhibition heads' keys read the duplicate-token head,
-  0.1 -110.6%, and the induction heads little, 1.0 -3.1%).
 The fourth round's best run is therefore the prefix run with the query-side intervention above: 11 of 13
 rows (`--layers 6 --heads 4 --roles --mix ioi:5,repeat:3 --prev-first 0 --hold-prev 0 --batch 24 --copies 2 3
 --resid-weight 1.0 --resid-max 1.0 --repeat-weight 2 --quiet-late --copy-weight 1.0 --nm-dla-weight 0.5
@@ -498,7 +501,7 @@ the metric, and a hidden multi-sender draw that does not land on a quiet receive
   one (no quiet heads, both S-inhibition heads always patched together, induction heads also trained on
   S2 -> S1+1) reached IOI 4.03 / 95.5% but had one S-inhibition head (2.0, -6.2%).
 
-"""
+""".replace("{FOURTH_ROUND}", FOURTH_ROUND)
 
 
 def _roles_section(training: dict) -> str:
@@ -569,13 +572,13 @@ What was tried on the way to this recipe, and failed (each a full 1,500-step run
   the unbounded loss lowered the S-inhibition heads' attention to S2 on clean prompts too (2.0 and 3.0
   moved the name mover's queries by -3.0% and -1.4%), and the induction heads, free at END, moved names
   there and were counted as negative and backup name movers. The loss is now the attention itself.
-- This recipe misses lesson 1's induction keys: its induction heads attend S2 -> S1+1 on IOI prompts
-  (0.99, 0.98) without reading the previous-token heads there. Adding an interchange intervention on
-  their keys (`--prev-sender-weight 1.0`: both previous-token heads' outputs at S1+1 from the XYZ prompt,
-  the induction heads' attention S2 -> S1+1 must drop) with `--quiet-senders` and ablation dropout 0.4
-  learned slowly (quick evaluation at step 700: IOI 2.43, induction score 0.77, repeat loss 8.0 nats;
-  the patched attention was already ~0.001) and was stopped there for lack of time, not measured.
-
+- The third round's best run (this command without `--steps 2400 --ioi-prefix 12 --prev-sender-weight 1.0
+  --prev-redundant 0.5 --query-free 0.25 --quiet-senders --nm-dropout 0.4 --quiet-cap 0.8`: 1,500 steps, 961 s)
+  passed 10 rows (IOI 8.86, induction 1.09 nats), but missed lesson 2 (compensation 45%) and lesson 1's
+  induction keys and multi-sender: its induction heads attended S2 -> S1+1 (0.99) without reading the
+  previous-token heads there (0.1% through their keys), and 1.0, free at END, was counted as a backup.
+  The fourth round (each measured with this card; times on 1 thread with a second run on the other core):
+{FOURTH_ROUND}
 Emerged (no objective names them): the IOI behaviour itself, which heads the path patching and the DLA
 find (the table above measures them with the series' helpers, not the layout), how much the
 S-inhibition heads move the name mover's queries, {_emerged_paths(training)} and whether
@@ -604,9 +607,23 @@ def _direct_objectives(training: dict) -> str:
                    f"taken from an XYZ prompt (three fresh names, so S2 is no repeat), and the S-inhibition heads at END "
                    f"must then stop attending S2, as on that prompt: what path patching into their keys measures")
     if training.get("prev_sender_weight"):
-        out.append(f"the induction heads' keys (interchange intervention, weight {training['prev_sender_weight']}): both "
-                   f"previous-token heads' outputs at S1+1 are taken from the XYZ prompt, and the induction heads at S2 "
-                   f"must then stop attending S1+1")
+        text = (f"the induction heads' keys (interchange intervention, weight {training['prev_sender_weight']}): both "
+                f"previous-token heads' outputs at S1+1 are taken from the XYZ prompt, and the induction heads at S2 "
+                f"must then stop attending S1+1")
+        if training.get("prev_redundant"):
+            text += (f"; in {100 * training['prev_redundant']:.0f}% of the rest one previous-token head alone is patched, and "
+                     f"the induction heads must still attend S1+1 (so that either alone suffices)")
+        if training.get("query_free"):
+            text += (f"; in {100 * training['query_free']:.0f}% of these interventions the other heads below the induction "
+                     f"heads (the duplicate-token head among them) are patched at S2 instead, and the induction heads must "
+                     f"still attend S1+1 (so that they do not find it from where the duplicate-token head says S1 is)")
+        out.append(text)
+    if training.get("ioi_prefix"):
+        out.append(f"IOI prompts follow 0 to {training['ioi_prefix']} random tokens, so that no name sits at a fixed "
+                   f"position (not an objective; no head is named)")
+    if training.get("quiet_cap"):
+        out.append(f"the quiet heads of the name mover's layer and above are pushed to put only {training['quiet_cap']} "
+                   f"of their attention at END on the first position, so that what reaches their keys still counts")
     if training.get("copy_weight"):
         out.append(f"the induction heads' direct effect alone (their outputs through the final LayerNorm's scale and "
                    f"the unembedding) must predict the repeated token (sampled softmax, weight {training['copy_weight']})")
