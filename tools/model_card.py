@@ -483,10 +483,10 @@ What else was tried (each a 1,500-step run of that model, measured with this car
   lesson 1's S-inhibition keys (0.1 -79.2%), lesson 2 (compensation 64%, 5.0 +56%, scale ratio 0.949), lesson 3.
   It misses lesson 1's induction keys and multi-sender: patching both previous-token heads now lowers the
   induction heads' attention S2 -> S1+1 from 0.87 to 0.76, but the S-inhibition heads' keys read the
-  duplicate-token head (0.1 -79%) and hardly the induction heads, so the metric moves by +0.3%. Not shipped:
-  the hidden multi-sender test's draw for an empty key (senders 1.0 and 2.3 into 5.2's keys) still tells
-  "together" from the first sender alone by less than its tolerance on it (7e-5): on it `tests/test_mutation.py`
-  catches 53 of nb01's 54 wrong answers, all but "together = the first sender only".
+  duplicate-token head (0.1 -79%) and hardly the induction heads, so the metric moves by +0.3%. With the
+  hidden multi-sender test's earlier draw (senders 1.0 and 2.3 into 5.2's keys, 7e-5 apart) one wrong answer
+  to it passed on this run; the test now draws a receiver and senders for which "together" differs from each
+  sender alone, and every wrong answer of `tests/test_mutation.py` is caught. This is the shipped model.
 The fourth round's best run is therefore the prefix run with the query-side intervention above: 11 of 13
 rows (`--layers 6 --heads 4 --roles --mix ioi:5,repeat:3 --prev-first 0 --hold-prev 0 --batch 24 --copies 2 3
 --resid-weight 1.0 --resid-max 1.0 --repeat-weight 2 --quiet-late --copy-weight 1.0 --nm-dla-weight 0.5
@@ -785,7 +785,7 @@ Fuzzy induction candidates (induction heads that matter most for the S-inhibitio
   {'more positional than token signal' if r['column_difference'] > r['row_difference'] else 'more token than positional signal'}.
 - **Dropout and backup heads.** The shipped model was trained with dropout {training.get('dropout', '?')}.
   {_dropout_sentence(measured.get('dropout_comparison'), ab, training)}
-  `04_further_directions` retrains it with and without dropout and repeats the ablation.
+  {'`04_further_directions` retrains a small model with the training script defaults (the first recipe, not this role recipe, whose run takes about half an hour) with and without dropout and repeats the ablation.' if training.get('roles') else '`04_further_directions` retrains it with and without dropout and repeats the ablation.'}
 - **Induction.** {'This model has clear induction heads.' if r['repeated_tokens']['max_induction_score'] >= 0.5 else 'This model has no clean induction heads (best score ' + format(r['repeated_tokens']['max_induction_score'], '.2f') + '; second-half loss ' + format(r['repeated_tokens']['loss_second_half'], '.2f') + ' against ' + format(r['repeated_tokens']['loss_first_half'], '.2f') + ' on the first half). The induction exercises run on it, with small effects; on GPT-2 small they show the real thing.'}
 """
     return card
