@@ -144,11 +144,6 @@ def _join_group(item, group: str) -> None:
         item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
-def pytest_runtest_setup(item):
-    if REFUSED in item.stash:
-        pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
-
-
 #: mutant file -> [caught, tried] in this run, added up in the process that reports (the main one under pytest-xdist).
 MUTATION_SCORES: dict[str, list[int]] = {}
 
@@ -168,12 +163,93 @@ def add_mutation_score(scores: dict[str, list[int]], report) -> None:
 def pytest_runtest_logreport(report):
     """pytest-xdist sends each test's report, with its user properties, to the main process: scores add up there."""
     add_mutation_score(MUTATION_SCORES, report)
+    add_cpu_seconds(CPU_SECONDS, report)
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
+    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook; with
+    ``--cpu-profile``, the CPU seconds of each group of tests."""
     for nb, (caught, tried) in sorted(MUTATION_SCORES.items()):
         terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
+    if terminalreporter.config.getoption("cpu_profile"):
+        for line in cpu_profile_lines(CPU_SECONDS):
+            terminalreporter.write_line(line)
+
+
+# ------------------------------------------------------------------ where the suite's CPU time goes (--cpu-profile)
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-profile", action="store_true", default=False,
+                     help="print the CPU seconds each group of tests used: its own process and every process it started "
+                          "(kernels, sandboxed workers, judges), largest first. `make test` is bound by CPU: cut the largest.")
+
+
+#: label (a worker group, or file::test for the others) -> [CPU seconds, tests], added up in the process that reports.
+CPU_SECONDS: dict[str, list[float]] = {}
+CPU_AT_SETUP = pytest.StashKey[float]()
+
+
+def cpu_seconds_now() -> float:
+    """CPU time of this process and of every process it started, ended or still running (user + system)."""
+    import resource
+
+    import psutil
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # children: those that ended and were waited for
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    for p in psutil.Process().children(recursive=True):  # still running: their own time and that of their ended children
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return total
+
+
+def cpu_label(item) -> str:
+    try:
+        group = xdist_group(item)
+    except pytest.UsageError:
+        group = None
+    return group or f"{item.nodeid.split('::')[0].rsplit('/', 1)[-1]}::{item.name.split('[')[0]}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if REFUSED in item.stash:
+        pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
+    if item.config.getoption("cpu_profile"):
+        item.stash[CPU_AT_SETUP] = cpu_seconds_now()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if CPU_AT_SETUP in item.stash:  # setup, call and teardown (fixtures built and finished here count too)
+        item.user_properties.append(("cpu_seconds", (cpu_label(item), cpu_seconds_now() - item.stash[CPU_AT_SETUP])))
+
+
+def add_cpu_seconds(totals: dict[str, list[float]], report) -> None:
+    """Add a test's CPU seconds (recorded on its teardown report) to ``totals`` under its label."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name == "cpu_seconds":
+            label, seconds = value
+            entry = totals.setdefault(label, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += 1
+
+
+def cpu_profile_lines(totals: dict[str, list[float]], top: int = 40) -> list[str]:
+    """The CPU profile as printed: the total, then the largest labels with their share."""
+    whole = sum(s for s, _ in totals.values())
+    lines = [f"CPU seconds of the tests, their processes included: {whole:.0f} in all"]
+    for label, (seconds, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"{seconds:8.1f} s {100 * seconds / whole if whole else 0:5.1f}%  {label} ({n} test{'s' * (n != 1)})")
+    return lines
 
 
 @pytest.fixture(scope="session")

@@ -106,3 +106,42 @@ def test_a_grouped_test_carries_its_group_in_the_node_id_that_loadgroup_reads():
     test = SimpleNamespace(nodeid="tests/t.py::test_x@solution:01", _id=NodeId.parse("tests/t.py::test_x@solution:01"))
     _join_group(test, "solution:01")
     assert str(test._id) == "tests/t.py::test_x@solution:01", "joined once"
+
+
+def test_cpu_seconds_add_up_by_label_from_teardown_reports():
+    from conftest import add_cpu_seconds, cpu_profile_lines
+
+    def report(when, *props):
+        return SimpleNamespace(when=when, user_properties=list(props))
+
+    totals: dict[str, list[float]] = {}
+    for r in (report("teardown", ("cpu_seconds", ("graded", 3.0))), report("teardown", ("cpu_seconds", ["graded", 1.5])),
+              report("call", ("cpu_seconds", ("graded", 9.0))), report("teardown", ("other", 1)),
+              report("teardown", ("cpu_seconds", ("t.py::test_x", 0.5)))):
+        add_cpu_seconds(totals, r)
+    assert totals == {"graded": [4.5, 2], "t.py::test_x": [0.5, 1]}
+    lines = cpu_profile_lines(totals)
+    assert "5 in all" in lines[0] and lines[1].split() == ["4.5", "s", "90.0%", "graded", "(2", "tests)"], lines
+
+
+def test_cpu_seconds_count_the_processes_a_test_starts():
+    """A process that ended (waited for) and one still running, with a child of its own, all count."""
+    import subprocess
+    import sys
+
+    from conftest import cpu_seconds_now
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
+    before = cpu_seconds_now()
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    ended = cpu_seconds_now()
+    grand = f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {burn!r}])\nprint('ended', flush=True)\ntime.sleep(30)"
+    running = subprocess.Popen([sys.executable, "-c", grand], stdout=subprocess.PIPE, text=True)
+    try:
+        assert running.stdout.readline().strip() == "ended"  # its child ended and was waited for; it runs on
+        assert cpu_seconds_now() - ended >= 0.3, "the running process's ended child counts"
+    finally:
+        running.kill()
+        running.wait()
+        running.stdout.close()
+    assert ended - before >= 0.3, "the ended process counts"
