@@ -78,20 +78,21 @@ class NotebookRun:
                     # a locked cell that reads results of a skipped display cell: no test needs it
 
     def _needed(self) -> set[str]:
-        """Answer cells, and the other cells whose names tests or answers use (the judge takes those
-        from locked cells it runs itself or from the student's process); cells that only show
-        results (plots, sweeps, summaries) are skipped."""
-        from grader.intake import defined_names, used_names
+        """Answer cells, and the other cells whose names tests or answers read from the notebook
+        (:func:`outside_names`: the judge takes those from locked cells it runs itself or from the
+        student's process); cells that only show results (plots, sweeps, summaries) are skipped, also
+        when a test reuses one of their names for its own (``g``, ``grid``)."""
+        from grader.intake import defined_names
 
         need: set[str] = set()
         out: set[str] = set()
         for gid in reversed(self.order):
             kind, code = self.kind[gid], self.source[gid]
             if kind == "test":
-                need |= used_names(code)
+                need |= outside_names(code)
             elif kind == "answer" or (kind == "locked" and defined_names(code) & need):
                 out.add(gid)
-                need |= used_names(code)
+                need |= outside_names(code)
         return out
 
     @property
@@ -148,6 +149,43 @@ class NotebookRun:
                 except Exception:  # noqa: BLE001 - a broken answer cell: its tests must still fail
                     pass
         return [t for t in mutant.fails if self.run_test(t, ns) is None]
+
+
+def outside_names(code: str) -> set[str]:
+    """The names a cell reads from the notebook's namespace: read at its top level before the cell binds
+    them, or read as globals by its functions, classes and comprehensions (their parameters and locals
+    are their own). A test cell that sets ``g = generator(...)`` and then uses ``g`` needs no earlier
+    cell's ``g``; a name both read and bound by one statement (``x = x + 1``, a loop) counts as read.
+    A cell that is not plain Python reads nothing that can be told (as ``grader.intake.used_names``)."""
+    import ast
+    import builtins
+    import symtable
+
+    from grader.intake import defined_names
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    bound: set[str] = set()
+    read: set[str] = set()
+    for stmt in tree.body:
+        text = ast.unparse(stmt)
+        try:
+            top = symtable.symtable(text, "<cell>", "exec")
+        except SyntaxError:  # e.g. IPython's top-level await: every name it reads counts
+            read |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+            bound |= defined_names(text)
+            continue
+        names = {s.get_name() for s in top.get_symbols() if s.is_referenced()}
+        tables = list(top.get_children())
+        while tables:
+            t = tables.pop()
+            names |= {s.get_name() for s in t.get_symbols() if s.is_referenced() and s.is_global()}
+            tables.extend(t.get_children())
+        read |= names - bound
+        bound |= defined_names(text)
+    return read - set(dir(builtins))
 
 
 def solution_source(assignment: str, grade_id: str) -> str:

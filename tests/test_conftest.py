@@ -145,3 +145,21 @@ def test_cpu_seconds_count_the_processes_a_test_starts():
         running.wait()
         running.stdout.close()
     assert ended - before >= 0.3, "the ended process counts"
+
+
+@pytest.mark.parametrize("code, outside", [
+    ("g = generator('x')\ny = g + 1", {"generator"}),  # a test's own g needs no earlier cell's g
+    ("x = x + 1", {"x"}),
+    ("for cell, flip in FLIP.items():\n    print(cell, flip)", {"FLIP", "cell", "flip"}),  # read and bound by one statement
+    ("def fit(grid):\n    return grid.sum() + helper(grid)", {"helper"}),  # a parameter is the function's own
+    ("[a + b for a in xs]", {"b", "xs"}),
+    ("class A:\n    k = K\n    def m(self):\n        return Z", {"K", "Z"}),
+    ("lambda q: q + w", {"w"}),
+    ("import torch\nt = torch.ones(1)", set()),
+    ("import asyncio\nawait asyncio.sleep(t)", {"t"}),  # IPython's top-level await
+    ("%env A=1", set()),
+])
+def test_the_mutation_harness_runs_the_cells_whose_names_a_cell_reads(code, outside):
+    from tests.mutation import outside_names
+
+    assert outside_names(code) == outside
