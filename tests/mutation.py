@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
 
 
 @dataclass
@@ -117,8 +119,28 @@ class NotebookRun:
             self.grad_mode = torch.is_grad_enabled()
             torch.set_grad_enabled(outside)
 
-    def run_test(self, test_id: str, ns: dict, key: bytes = b"") -> str | None:
-        """None if the test cell passes in (a copy of) ``ns``, else the reason it failed.
+    def hidden_part(self, test_id: str) -> str:
+        """What of a test cell depends on the submission key: its hidden tests alone when they read nothing
+        its visible part binds (the visible part draws no hidden input), else the whole cell."""
+        from grader.intake import defined_names
+
+        import ast
+
+        src = self.source[test_id]
+        regions = list(HIDDEN.finditer(src))
+        if not regions:
+            return ""
+        if len(regions) > 1:
+            return src
+        visible, hidden = src[: regions[0].start()], regions[0].group(1)
+        try:
+            ast.parse(hidden)
+        except SyntaxError:  # hidden tests inside a block of the visible part: only the whole cell runs
+            return src
+        return src if outside_names(hidden) & defined_names(visible) else hidden
+
+    def run_test(self, test_id: str, ns: dict, key: bytes = b"", code: str | None = None) -> str | None:
+        """None if the test cell (or ``code`` in its place) passes in (a copy of) ``ns``, else the reason it failed.
 
         ``key`` is the submission key the hidden tests draw their inputs from (as the judge sets it).
         """
@@ -128,7 +150,7 @@ class NotebookRun:
         use_submission(key)
         refcache.configure(self.reference_cache, self.cache_context)
         try:
-            self._exec(self.source[test_id], test_id, dict(ns))
+            self._exec(self.source[test_id] if code is None else code, test_id, dict(ns))
         except Exception as e:  # noqa: BLE001 - any failure of a test is a lost point
             return f"{type(e).__name__}: {e}".strip()[:300] or traceback.format_exc()[-300:]
         finally:

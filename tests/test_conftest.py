@@ -163,3 +163,23 @@ def test_the_mutation_harness_runs_the_cells_whose_names_a_cell_reads(code, outs
     from tests.mutation import outside_names
 
     assert outside_names(code) == outside
+
+
+HIDDEN_CELL = "check(f(X), 'visible')\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS\n"
+
+
+@pytest.mark.parametrize("source, part", [
+    (HIDDEN_CELL.format(hidden="Y = draw(seed('k'))\ncheck(f(Y), 'hidden')"), "hidden"),
+    ("out = f(X)\ncheck(out, 'visible')\n### BEGIN HIDDEN TESTS\ncheck(out + f(draw()), 'hidden')\n### END HIDDEN TESTS", "whole"),
+    ("check(f(X), 'visible only')", "none"),
+    (HIDDEN_CELL.format(hidden="check(f(1), 'a')") + HIDDEN_CELL.format(hidden="check(f(2), 'b')"), "whole"),
+    ("for x in XS:\n    check(f(x), 'v')\n    ### BEGIN HIDDEN TESTS\n    check(f(-x), 'h')\n    ### END HIDDEN TESTS", "whole"),
+])
+def test_other_submission_keys_rerun_the_hidden_tests_and_what_they_read(source, part):
+    """What the harness runs again for another submission key: the hidden tests alone when the visible part
+    binds nothing they read, else the whole cell; nothing when the cell has no hidden test."""
+    from tests.mutation import NotebookRun
+
+    got = NotebookRun.hidden_part(SimpleNamespace(source={"t": source}), "t")
+    hidden = source.split("### BEGIN HIDDEN TESTS\n", 1)[-1].split("### END HIDDEN TESTS")[0]
+    assert got == {"hidden": hidden, "whole": source, "none": ""}[part]
