@@ -189,23 +189,57 @@ CPU_SECONDS: dict[str, list[float]] = {}
 CPU_AT_SETUP = pytest.StashKey[float]()
 
 
-def cpu_seconds_now() -> float:
-    """CPU time of this process and of every process it started, ended or still running (user + system)."""
-    import resource
+class CpuWatch:
+    """CPU time (user + system) of this process and of every process it starts, at any depth.
 
-    import psutil
+    A thread looks at the descendants every ``every`` seconds and keeps each one's own CPU time as last
+    seen, also after it ended: sandboxed workers that their judge kills without waiting for them count
+    too. What a process uses after its last look (at most ``every`` seconds' worth) is missed.
+    """
 
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # children: those that ended and were waited for
-        r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    for p in psutil.Process().children(recursive=True):  # still running: their own time and that of their ended children
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            continue
-    return total
+    def __init__(self, every: float = 0.2):
+        import threading
+
+        self.every, self.seen, self.lock = every, {}, threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.look()
+
+    def look(self) -> None:
+        import psutil
+
+        for p in psutil.Process().children(recursive=True):
+            try:
+                with p.oneshot():
+                    key, t = (p.pid, p.create_time()), p.cpu_times()
+            except psutil.Error:
+                continue
+            with self.lock:
+                self.seen[key] = t.user + t.system
+
+    def seconds(self) -> float:
+        import resource
+
+        self.look()
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        with self.lock:
+            return me.ru_utime + me.ru_stime + sum(self.seen.values())
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+CPU_WATCH: list[CpuWatch] = []  # one per test process, with --cpu-profile
+
+
+def pytest_configure(config):
+    if config.getoption("cpu_profile") and not CPU_WATCH:
+        CPU_WATCH.append(CpuWatch())
 
 
 def cpu_label(item) -> str:
@@ -220,15 +254,15 @@ def cpu_label(item) -> str:
 def pytest_runtest_setup(item):
     if REFUSED in item.stash:
         pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
-    if item.config.getoption("cpu_profile"):
-        item.stash[CPU_AT_SETUP] = cpu_seconds_now()
+    if CPU_WATCH:
+        item.stash[CPU_AT_SETUP] = CPU_WATCH[0].seconds()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield
     if CPU_AT_SETUP in item.stash:  # setup, call and teardown (fixtures built and finished here count too)
-        item.user_properties.append(("cpu_seconds", (cpu_label(item), cpu_seconds_now() - item.stash[CPU_AT_SETUP])))
+        item.user_properties.append(("cpu_seconds", (cpu_label(item), CPU_WATCH[0].seconds() - item.stash[CPU_AT_SETUP])))
 
 
 def add_cpu_seconds(totals: dict[str, list[float]], report) -> None:
