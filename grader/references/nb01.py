@@ -345,8 +345,47 @@ def check_s2_attention(fn, model, label: str) -> None:
          "attention S2 -> S1+1 matches the reference on a random model of another size", atol=1e-5)
 
 
+def multi_sender_case(model, label: str, draws: int = 3, pool: int = 3, clear: float = 2e-3):
+    """A two-sender case in which each sender matters beside the other.
+
+    ``together`` must differ from either sender alone, or an answer that patches one sender for
+    "together" would pass: candidate receivers (a draw like :func:`path_case`'s, up to ``draws``
+    times, stopping once a case is ``clear``) each get ``pool`` random sender pairs, and the pair
+    kept is the one whose ``together`` is furthest from its nearer single sender. A receiver that
+    ignores its keys (a head that always attends one position) thus never decides the case.
+    Returns ``(senders, receivers, metric, orig, new)``.
+    """
+    from grader.hidden import generator
+    from ioi_anomalies import make_logit_diff_metric
+
+    g = generator(label + " multi")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if L < 2:
+        raise ValueError("path patching needs at least two layers")
+    orig, new = small_ioi(model, label)
+    metric = make_logit_diff_metric(orig)
+    lower = [(l, h) for l in range(max(1, L - 2)) for h in range(H)]
+    best, best_gap = None, -1.0
+    for _ in range(draws):
+        receivers = [(L - 1, int(torch.randint(0, H, (1,), generator=g)))]
+        if L >= 3 and int(torch.randint(0, 2, (1,), generator=g)):
+            receivers.append((L - 2, int(torch.randint(0, H, (1,), generator=g))))
+        pairs = [sorted(lower[int(i)] for i in torch.randperm(len(lower), generator=g)[:2]) for _ in range(pool)]
+        sets = [s for a, b in pairs for s in ([a], [b], [a, b])]
+        values = exact(model, sets, receivers, "k", metric, orig, new)
+        for i, pair in enumerate(pairs):
+            alone_a, alone_b, together = values[3 * i: 3 * i + 3]
+            gap = min(abs(together - alone_a), abs(together - alone_b))
+            if gap > best_gap:
+                best, best_gap = (pair, receivers), gap
+        if best_gap >= clear:
+            break
+    (senders, receivers) = best
+    return senders, receivers, metric, orig, new
+
+
 def check_multi_sender(fn, model, label: str) -> None:
-    senders, receivers, metric, orig, new = path_case(model, label, 2)
+    senders, receivers, metric, orig, new = multi_sender_case(model, label)
     got = fn(model, senders, receivers, metric, orig, new)
     ref = multi_sender_effects(model, senders, receivers, metric, orig, new)
     try:
