@@ -32,6 +32,7 @@ setup: system-deps $(STAMP)
 
 # TEST_WORKERS pytest-xdist workers (0: one process); tests that share an expensive fixture (a solution's
 # run, the report, the graded class) run on one worker, so each is built once (tests/conftest.py).
+# The suite is bound by CPU: `make test PYTEST_ARGS=--cpu-profile` prints the CPU seconds of each group of tests.
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder,)
 test: setup

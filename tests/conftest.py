@@ -144,11 +144,6 @@ def _join_group(item, group: str) -> None:
         item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
-def pytest_runtest_setup(item):
-    if REFUSED in item.stash:
-        pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
-
-
 #: mutant file -> [caught, tried] in this run, added up in the process that reports (the main one under pytest-xdist).
 MUTATION_SCORES: dict[str, list[int]] = {}
 
@@ -168,12 +163,127 @@ def add_mutation_score(scores: dict[str, list[int]], report) -> None:
 def pytest_runtest_logreport(report):
     """pytest-xdist sends each test's report, with its user properties, to the main process: scores add up there."""
     add_mutation_score(MUTATION_SCORES, report)
+    add_cpu_seconds(CPU_SECONDS, report)
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook."""
+    """The mutation score of tests/test_mutation.py: wrong answers caught / tried, per notebook; with
+    ``--cpu-profile``, the CPU seconds of each group of tests."""
     for nb, (caught, tried) in sorted(MUTATION_SCORES.items()):
         terminalreporter.write_line(f"mutation score {nb}: {caught}/{tried} wrong answers caught")
+    if terminalreporter.config.getoption("cpu_profile"):
+        for line in cpu_profile_lines(CPU_SECONDS):
+            terminalreporter.write_line(line)
+
+
+# ------------------------------------------------------------------ where the suite's CPU time goes (--cpu-profile)
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-profile", action="store_true", default=False,
+                     help="print the CPU seconds each group of tests used: its own process and every process it started "
+                          "(kernels, sandboxed workers, judges), largest first. `make test` is bound by CPU: cut the largest.")
+
+
+#: label (a worker group, or file::test for the others) -> [CPU seconds, tests], added up in the process that reports.
+CPU_SECONDS: dict[str, list[float]] = {}
+CPU_AT_SETUP = pytest.StashKey[float]()
+
+
+class CpuWatch:
+    """CPU time (user + system) of this process and of every process it starts, at any depth.
+
+    A thread looks at the descendants every ``every`` seconds and keeps each one's own CPU time as last
+    seen, also after it ended: sandboxed workers that their judge kills without waiting for them count
+    too. What a process uses after its last look (at most ``every`` seconds' worth) is missed.
+    """
+
+    def __init__(self, every: float = 0.2):
+        import threading
+
+        self.every, self.seen, self.lock = every, {}, threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.look()
+
+    def look(self) -> None:
+        import psutil
+
+        for p in psutil.Process().children(recursive=True):
+            try:
+                with p.oneshot():
+                    key, t = (p.pid, p.create_time()), p.cpu_times()
+            except psutil.Error:
+                continue
+            with self.lock:
+                self.seen[key] = t.user + t.system
+
+    def seconds(self) -> float:
+        import resource
+
+        self.look()
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        with self.lock:
+            return me.ru_utime + me.ru_stime + sum(self.seen.values())
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+CPU_WATCH: list[CpuWatch] = []  # one per test process, with --cpu-profile
+
+
+def pytest_configure(config):
+    if config.getoption("cpu_profile") and not CPU_WATCH:
+        CPU_WATCH.append(CpuWatch())
+
+
+def cpu_label(item) -> str:
+    try:
+        group = xdist_group(item)
+    except pytest.UsageError:
+        group = None
+    return group or f"{item.nodeid.split('::')[0].rsplit('/', 1)[-1]}::{item.name.split('[')[0]}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if REFUSED in item.stash:
+        pytest.fail(f"refused: {item.stash[REFUSED]}", pytrace=False)
+    if CPU_WATCH:
+        item.stash[CPU_AT_SETUP] = CPU_WATCH[0].seconds()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if CPU_AT_SETUP in item.stash:  # setup, call and teardown (fixtures built and finished here count too)
+        item.user_properties.append(("cpu_seconds", (cpu_label(item), CPU_WATCH[0].seconds() - item.stash[CPU_AT_SETUP])))
+
+
+def add_cpu_seconds(totals: dict[str, list[float]], report) -> None:
+    """Add a test's CPU seconds (recorded on its teardown report) to ``totals`` under its label."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name == "cpu_seconds":
+            label, seconds = value
+            entry = totals.setdefault(label, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += 1
+
+
+def cpu_profile_lines(totals: dict[str, list[float]], top: int = 40) -> list[str]:
+    """The CPU profile as printed: the total, then the largest labels with their share."""
+    whole = sum(s for s, _ in totals.values())
+    lines = [f"CPU seconds of the tests, their processes included: {whole:.0f} in all"]
+    for label, (seconds, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"{seconds:8.1f} s {100 * seconds / whole if whole else 0:5.1f}%  {label} ({n} test{'s' * (n != 1)})")
+    return lines
 
 
 @pytest.fixture(scope="session")

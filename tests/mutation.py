@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
 
 
 @dataclass
@@ -78,20 +80,21 @@ class NotebookRun:
                     # a locked cell that reads results of a skipped display cell: no test needs it
 
     def _needed(self) -> set[str]:
-        """Answer cells, and the other cells whose names tests or answers use (the judge takes those
-        from locked cells it runs itself or from the student's process); cells that only show
-        results (plots, sweeps, summaries) are skipped."""
-        from grader.intake import defined_names, used_names
+        """Answer cells, and the other cells whose names tests or answers read from the notebook
+        (:func:`outside_names`: the judge takes those from locked cells it runs itself or from the
+        student's process); cells that only show results (plots, sweeps, summaries) are skipped, also
+        when a test reuses one of their names for its own (``g``, ``grid``)."""
+        from grader.intake import defined_names
 
         need: set[str] = set()
         out: set[str] = set()
         for gid in reversed(self.order):
             kind, code = self.kind[gid], self.source[gid]
             if kind == "test":
-                need |= used_names(code)
+                need |= outside_names(code)
             elif kind == "answer" or (kind == "locked" and defined_names(code) & need):
                 out.add(gid)
-                need |= used_names(code)
+                need |= outside_names(code)
         return out
 
     @property
@@ -116,8 +119,28 @@ class NotebookRun:
             self.grad_mode = torch.is_grad_enabled()
             torch.set_grad_enabled(outside)
 
-    def run_test(self, test_id: str, ns: dict, key: bytes = b"") -> str | None:
-        """None if the test cell passes in (a copy of) ``ns``, else the reason it failed.
+    def hidden_part(self, test_id: str) -> str:
+        """What of a test cell depends on the submission key: its hidden tests alone when they read nothing
+        its visible part binds (the visible part draws no hidden input), else the whole cell."""
+        from grader.intake import defined_names
+
+        import ast
+
+        src = self.source[test_id]
+        regions = list(HIDDEN.finditer(src))
+        if not regions:
+            return ""
+        if len(regions) > 1:
+            return src
+        visible, hidden = src[: regions[0].start()], regions[0].group(1)
+        try:
+            ast.parse(hidden)
+        except SyntaxError:  # hidden tests inside a block of the visible part: only the whole cell runs
+            return src
+        return src if outside_names(hidden) & defined_names(visible) else hidden
+
+    def run_test(self, test_id: str, ns: dict, key: bytes = b"", code: str | None = None) -> str | None:
+        """None if the test cell (or ``code`` in its place) passes in (a copy of) ``ns``, else the reason it failed.
 
         ``key`` is the submission key the hidden tests draw their inputs from (as the judge sets it).
         """
@@ -127,7 +150,7 @@ class NotebookRun:
         use_submission(key)
         refcache.configure(self.reference_cache, self.cache_context)
         try:
-            self._exec(self.source[test_id], test_id, dict(ns))
+            self._exec(self.source[test_id] if code is None else code, test_id, dict(ns))
         except Exception as e:  # noqa: BLE001 - any failure of a test is a lost point
             return f"{type(e).__name__}: {e}".strip()[:300] or traceback.format_exc()[-300:]
         finally:
@@ -148,6 +171,43 @@ class NotebookRun:
                 except Exception:  # noqa: BLE001 - a broken answer cell: its tests must still fail
                     pass
         return [t for t in mutant.fails if self.run_test(t, ns) is None]
+
+
+def outside_names(code: str) -> set[str]:
+    """The names a cell reads from the notebook's namespace: read at its top level before the cell binds
+    them, or read as globals by its functions, classes and comprehensions (their parameters and locals
+    are their own). A test cell that sets ``g = generator(...)`` and then uses ``g`` needs no earlier
+    cell's ``g``; a name both read and bound by one statement (``x = x + 1``, a loop) counts as read.
+    A cell that is not plain Python reads nothing that can be told (as ``grader.intake.used_names``)."""
+    import ast
+    import builtins
+    import symtable
+
+    from grader.intake import defined_names
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    bound: set[str] = set()
+    read: set[str] = set()
+    for stmt in tree.body:
+        text = ast.unparse(stmt)
+        try:
+            top = symtable.symtable(text, "<cell>", "exec")
+        except SyntaxError:  # e.g. IPython's top-level await: every name it reads counts
+            read |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+            bound |= defined_names(text)
+            continue
+        names = {s.get_name() for s in top.get_symbols() if s.is_referenced()}
+        tables = list(top.get_children())
+        while tables:
+            t = tables.pop()
+            names |= {s.get_name() for s in t.get_symbols() if s.is_referenced() and s.is_global()}
+            tables.extend(t.get_children())
+        read |= names - bound
+        bound |= defined_names(text)
+    return read - set(dir(builtins))
 
 
 def solution_source(assignment: str, grade_id: str) -> str:

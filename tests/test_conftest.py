@@ -106,3 +106,85 @@ def test_a_grouped_test_carries_its_group_in_the_node_id_that_loadgroup_reads():
     test = SimpleNamespace(nodeid="tests/t.py::test_x@solution:01", _id=NodeId.parse("tests/t.py::test_x@solution:01"))
     _join_group(test, "solution:01")
     assert str(test._id) == "tests/t.py::test_x@solution:01", "joined once"
+
+
+def test_cpu_seconds_add_up_by_label_from_teardown_reports():
+    from conftest import add_cpu_seconds, cpu_profile_lines
+
+    def report(when, *props):
+        return SimpleNamespace(when=when, user_properties=list(props))
+
+    totals: dict[str, list[float]] = {}
+    for r in (report("teardown", ("cpu_seconds", ("graded", 3.0))), report("teardown", ("cpu_seconds", ["graded", 1.5])),
+              report("call", ("cpu_seconds", ("graded", 9.0))), report("teardown", ("other", 1)),
+              report("teardown", ("cpu_seconds", ("t.py::test_x", 0.5)))):
+        add_cpu_seconds(totals, r)
+    assert totals == {"graded": [4.5, 2], "t.py::test_x": [0.5, 1]}
+    lines = cpu_profile_lines(totals)
+    assert "5 in all" in lines[0] and lines[1].split() == ["4.5", "s", "90.0%", "graded", "(2", "tests)"], lines
+
+
+def test_cpu_seconds_count_every_process_a_test_starts_even_one_never_waited_for():
+    """A process that ended and was waited for, and a grandchild that ended while its parent lives on, count."""
+    import subprocess
+    import sys
+
+    from conftest import CpuWatch
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0:\n    pass\n"
+    watch = CpuWatch(every=0.05)
+    try:
+        before = watch.seconds()
+        subprocess.run([sys.executable, "-c", burn], check=True)
+        ended = watch.seconds()
+        grand = (f"import subprocess, sys, time\np = subprocess.Popen([sys.executable, '-c', {burn!r}])\n"
+                 "while p.poll() is None:\n    time.sleep(0.01)\nprint('ended', flush=True)\ntime.sleep(30)")
+        running = subprocess.Popen([sys.executable, "-c", grand], stdout=subprocess.PIPE, text=True)
+        try:
+            assert running.stdout.readline().strip() == "ended"
+            assert watch.seconds() - ended >= 0.7, "the ended grandchild counts"
+        finally:
+            running.kill()
+            running.wait()
+            running.stdout.close()
+    finally:
+        watch.stop()
+    assert ended - before >= 0.7, "the ended child counts"
+
+
+@pytest.mark.parametrize("code, outside", [
+    ("g = generator('x')\ny = g + 1", {"generator"}),  # a test's own g needs no earlier cell's g
+    ("x = x + 1", {"x"}),
+    ("for cell, flip in FLIP.items():\n    print(cell, flip)", {"FLIP", "cell", "flip"}),  # read and bound by one statement
+    ("def fit(grid):\n    return grid.sum() + helper(grid)", {"helper"}),  # a parameter is the function's own
+    ("[a + b for a in xs]", {"b", "xs"}),
+    ("class A:\n    k = K\n    def m(self):\n        return Z", {"K", "Z"}),
+    ("lambda q: q + w", {"w"}),
+    ("import torch\nt = torch.ones(1)", set()),
+    ("import asyncio\nawait asyncio.sleep(t)", {"t"}),  # IPython's top-level await
+    ("%env A=1", set()),
+])
+def test_the_mutation_harness_runs_the_cells_whose_names_a_cell_reads(code, outside):
+    from tests.mutation import outside_names
+
+    assert outside_names(code) == outside
+
+
+HIDDEN_CELL = "check(f(X), 'visible')\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS\n"
+
+
+@pytest.mark.parametrize("source, part", [
+    (HIDDEN_CELL.format(hidden="Y = draw(seed('k'))\ncheck(f(Y), 'hidden')"), "hidden"),
+    ("out = f(X)\ncheck(out, 'visible')\n### BEGIN HIDDEN TESTS\ncheck(out + f(draw()), 'hidden')\n### END HIDDEN TESTS", "whole"),
+    ("check(f(X), 'visible only')", "none"),
+    (HIDDEN_CELL.format(hidden="check(f(1), 'a')") + HIDDEN_CELL.format(hidden="check(f(2), 'b')"), "whole"),
+    ("for x in XS:\n    check(f(x), 'v')\n    ### BEGIN HIDDEN TESTS\n    check(f(-x), 'h')\n    ### END HIDDEN TESTS", "whole"),
+])
+def test_other_submission_keys_rerun_the_hidden_tests_and_what_they_read(source, part):
+    """What the harness runs again for another submission key: the hidden tests alone when the visible part
+    binds nothing they read, else the whole cell; nothing when the cell has no hidden test."""
+    from tests.mutation import NotebookRun
+
+    got = NotebookRun.hidden_part(SimpleNamespace(source={"t": source}), "t")
+    hidden = source.split("### BEGIN HIDDEN TESTS\n", 1)[-1].split("### END HIDDEN TESTS")[0]
+    assert got == {"hidden": hidden, "whole": source, "none": ""}[part]
