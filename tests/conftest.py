@@ -148,16 +148,17 @@ def _join_group(item, group: str) -> None:
 MUTATION_SCORES: dict[str, list[int]] = {}
 
 
+def recorded(report, when: str, key: str) -> list:
+    """The values a test recorded under ``key`` (``user_properties``), read from its ``when`` report only."""
+    return [value for name, value in report.user_properties if name == key] if report.when == when else []
+
+
 def add_mutation_score(scores: dict[str, list[int]], report) -> None:
     """Count a mutant test's report (test_mutation records ``mutant_caught``: (file, caught)) into ``scores``."""
-    if report.when != "call":
-        return
-    for name, value in report.user_properties:
-        if name == "mutant_caught":
-            file, caught = value
-            score = scores.setdefault(file, [0, 0])
-            score[0] += bool(caught)
-            score[1] += 1
+    for file, caught in recorded(report, "call", "mutant_caught"):
+        score = scores.setdefault(file, [0, 0])
+        score[0] += bool(caught)
+        score[1] += 1
 
 
 def pytest_runtest_logreport(report):
@@ -267,14 +268,10 @@ def pytest_runtest_teardown(item, nextitem):
 
 def add_cpu_seconds(totals: dict[str, list[float]], report) -> None:
     """Add a test's CPU seconds (recorded on its teardown report) to ``totals`` under its label."""
-    if report.when != "teardown":
-        return
-    for name, value in report.user_properties:
-        if name == "cpu_seconds":
-            label, seconds = value
-            entry = totals.setdefault(label, [0.0, 0])
-            entry[0] += seconds
-            entry[1] += 1
+    for label, seconds in recorded(report, "teardown", "cpu_seconds"):
+        entry = totals.setdefault(label, [0.0, 0])
+        entry[0] += seconds
+        entry[1] += 1
 
 
 def cpu_profile_lines(totals: dict[str, list[float]], top: int = 40) -> list[str]:

@@ -259,6 +259,20 @@ def _roles_batch(**mixture):
     return model, kind, toks, weights, dict(data.info)
 
 
+def _spy_interchanges(monkeypatch) -> list:
+    """Record ``(heads, positions)`` of every interchange intervention ``Roles`` makes (then makes it)."""
+    from tools.train_embedded import Roles
+
+    calls = []
+    real = Roles._interchanged_attentions
+
+    def spy(self, toks, xyz, heads, rows, at):
+        calls.append((list(heads), at.clone()))
+        return real(self, toks, xyz, heads, rows, at)
+    monkeypatch.setattr(Roles, "_interchanged_attentions", spy)
+    return calls
+
+
 def test_redundant_previous_token_senders_patch_one_head_and_keep_the_attention(monkeypatch):
     """``prev_redundant``: in that share of batches one previous-token head alone is patched and the loss is
     -log of the induction heads' attention S2 -> S1+1 (it must stay); otherwise both, and the loss is the
@@ -268,18 +282,13 @@ def test_redundant_previous_token_senders_patch_one_head_and_keep_the_attention(
     model, kind, toks, weights, info = _roles_batch()
     rows = torch.arange(toks.shape[0])
     s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in (1, 2))
-    patched = []
-    real = Roles._interchanged_attentions
-
-    def spy(self, toks, xyz, heads, rows, at):
-        patched.append(list(heads))
-        return real(self, toks, xyz, heads, rows, at)
-    monkeypatch.setattr(Roles, "_interchanged_attentions", spy)
+    calls = _spy_interchanges(monkeypatch)
     with torch.no_grad():
         both = Roles(model, prev_sender_weight=1.0)._prev_sender_iit(toks, info, rows, s1, s2)
-        assert patched[-1] == ROLE_LAYOUT["previous token"] and 0 < both.item() < 1
+        assert calls[-1][0] == ROLE_LAYOUT["previous token"] and 0 < both.item() < 1
         one = Roles(model, prev_sender_weight=1.0, prev_redundant=1.0)
         losses = [one._prev_sender_iit(toks, info, rows, s1, s2).item() for _ in range(8)]
+    patched = [heads for heads, _ in calls]
     assert all(len(h) == 1 and h[0] in ROLE_LAYOUT["previous token"] for h in patched[1:])
     assert {h[0] for h in patched[1:]} == set(ROLE_LAYOUT["previous token"]), "each head in turn"
     assert all(x > 1.0 for x in losses), "-log of a spread attention (untrained model) is large"
@@ -321,13 +330,7 @@ def test_query_free_patches_the_other_low_heads_at_s2(monkeypatch):
     model, kind, toks, weights, info = _roles_batch()
     rows = torch.arange(toks.shape[0])
     s1, s2 = (torch.tensor([w[j] for w in info["where"]]) for j in (1, 2))
-    calls = []
-    real = Roles._interchanged_attentions
-
-    def spy(self, toks, xyz, heads, rows, at):
-        calls.append((list(heads), at.clone()))
-        return real(self, toks, xyz, heads, rows, at)
-    monkeypatch.setattr(Roles, "_interchanged_attentions", spy)
+    calls = _spy_interchanges(monkeypatch)
     with torch.no_grad():
         loss = Roles(model, prev_sender_weight=1.0, query_free=1.0)._prev_sender_iit(toks, info, rows, s1, s2)
     (heads, at), = calls
