@@ -22,11 +22,17 @@ def act_name(kind: str, layer: int | None = None) -> str:
 
 
 def hook_snapshot(model) -> dict[str, tuple]:
-    """The ids of every forward/backward hook on every submodule of ``model``."""
+    """The ids of every forward/backward hook on every submodule of ``model``, but the libraries' own.
+
+    On a model's first forward pass, transformers installs output-capturing hooks and each
+    TransformerBridge block wires capture hooks of its own, and both keep them: they are left out,
+    so a snapshot taken before a model's first run compares equal to one taken after it."""
+    own = {h.id for module in model.modules() for h in getattr(module, "_capture_hook_handles", ())}
     snap = {}
     for name, module in model.named_modules():
         ids = tuple(
-            tuple(getattr(module, attr).keys())
+            tuple(i for i, fn in getattr(module, attr).items()
+                  if i not in own and getattr(fn, "__module__", "") != "transformers.utils.output_capturing")
             for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
         )
         if any(ids):

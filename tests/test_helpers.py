@@ -207,3 +207,19 @@ def test_helpers_refuse_a_model_with_leftover_hooks(model, ioi, abc):
             mean_z_by_template(model, abc)
     finally:
         model.reset_hooks()
+
+
+def test_a_snapshot_sees_added_hooks_but_not_the_bridges_own_first_run_wiring(ioi):
+    """A bridge wires capture hooks of its own on its first forward: a snapshot taken before a fresh
+    model's first run equals one after it, and still sees a hook someone leaves behind."""
+    from ioi_anomalies import random_model
+
+    fresh = random_model(n_layers=2, n_heads=4, d_model=64, seed=1)
+    before = hook_snapshot(fresh)
+    fresh(ioi.toks[:2])
+    assert sum(len(b._capture_hook_handles) for b in fresh.blocks) > 0, "the bridge wired no hooks of its own: the check sees nothing"
+    assert hook_snapshot(fresh) == before
+    fresh.add_hook(act_name("z", 0), lambda z, hook: z)
+    assert hook_snapshot(fresh) != before
+    fresh.reset_hooks()
+    assert hook_snapshot(fresh) == before
