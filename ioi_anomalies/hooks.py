@@ -60,7 +60,10 @@ def run_and_cache(model, toks: torch.Tensor, names: list[str], fwd_hooks=(), ret
     """One forward pass under ``fwd_hooks`` that also caches the activations named in ``names``.
 
     Returns ``(logits or None, cache)`` with ``cache`` a plain dict ``name -> detached tensor``.
-    Every hook is removed afterwards, even when the forward pass raises.
+    With ``return_logits=False`` the pass stops as soon as every named activation exists (the end
+    of the last block a name is in, or of the final LayerNorm): the later blocks and the
+    unembedding, most of a small model's forward pass, are not run, and neither are hooks placed
+    after that point. Every hook is removed afterwards, even when the forward pass raises.
     """
     cache: dict[str, torch.Tensor] = {}
 
@@ -70,6 +73,38 @@ def run_and_cache(model, toks: torch.Tensor, names: list[str], fwd_hooks=(), ret
 
         return save
 
-    with model.hooks(fwd_hooks=list(fwd_hooks) + [(n, saver(n)) for n in names]):
+    hooks = list(fwd_hooks) + [(n, saver(n)) for n in names]
+    stop = None if return_logits else _last_hook_point(model, names)
+    if stop is not None:
+        hooks.append((stop, _stop_here))  # last: the hooks on that point itself run first
+    with model.hooks(fwd_hooks=hooks):
         out = model(toks, return_type="logits" if return_logits else None)
-    return out, cache
+    return (out if return_logits else None), cache
+
+
+def _last_hook_point(model, names: list[str]) -> str | None:
+    """The hook point after which none of ``names`` is computed: ``blocks.L.hook_resid_post`` for the
+    last block L a name is in, ``ln_final.hook_out`` for a name of the final LayerNorm; None (run to the
+    end) for no names, a name beyond them, or a model that is not a TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not names or not isinstance(model, TransformerBridge):
+        return None
+    last = -1
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit():
+            last = max(last, int(parts[1]))
+        elif parts[0] == "ln_final":
+            last = model.cfg.n_layers
+        else:
+            return None
+    point = "ln_final.hook_out" if last == model.cfg.n_layers else act_name("resid_post", last)
+    return point if point in model.hook_dict else None
+
+
+def _stop_here(act, hook):
+    """End the forward pass here: the bridge's forward catches this exception (its ``stop_at_layer``)."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(act)

@@ -102,3 +102,33 @@ def test_setters_leave_no_hook_behind(model, ioi, zs):
         assert count_user_hooks(model) >= model.cfg.n_layers  # a bridge lists each hook point under its aliases too
         model(ioi.toks)
     assert count_user_hooks(model) == 0
+
+
+@pytest.mark.parametrize("names", [["blocks.0.attn.hook_pattern"], ["blocks.0.attn.hook_z", "blocks.2.hook_resid_post"],
+                                   ["blocks.1.attn.hook_z", "ln_final.hook_scale"]])
+def test_a_cache_without_logits_stops_where_its_last_name_is_computed(model, ioi, names):
+    """Without logits the pass ends once every named activation exists: the same values as a whole pass
+    (under a hook that changes them), nothing after the last name runs, and the model is left as it was."""
+    def where_ran(extra_hooks):
+        ran = []
+        probes = [(n, (lambda n: lambda act, hook: ran.append(n))(n)) for n in (act_name("resid_post", l) for l in range(model.cfg.n_layers))]
+        probes.append(("hook_unembed", lambda act, hook: ran.append("unembed")))
+        return ran, probes + extra_hooks
+
+    double_z0 = [(act_name("z", 0), lambda z, hook: 2 * z)]
+    _, whole = run_and_cache(model, ioi.toks, names, fwd_hooks=double_z0)
+    ran, hooks_ = where_ran(double_z0)
+    logits, cache = run_and_cache(model, ioi.toks, names, fwd_hooks=hooks_, return_logits=False)
+    assert logits is None and set(cache) == set(names)
+    for n in names:
+        assert torch.equal(cache[n], whole[n]), n
+    last = max((int(n.split(".")[1]) if n.startswith("blocks.") else model.cfg.n_layers - 1) for n in names)
+    assert ran == [act_name("resid_post", l) for l in range(last + 1)], "the pass ran past the last named activation"
+    assert torch.equal(model(ioi.toks), run_and_cache(model, ioi.toks, [])[0]), "the next whole pass is unchanged"
+
+
+def test_a_cache_of_names_past_the_final_layernorm_runs_the_whole_pass(model, ioi):
+    ran = []
+    _, cache = run_and_cache(model, ioi.toks, ["hook_unembed"], fwd_hooks=[("hook_unembed", lambda a, hook: ran.append(1))],
+                             return_logits=False)
+    assert ran == [1] and "hook_unembed" in cache
