@@ -11,8 +11,8 @@ The class, all on ``01_early_induction_heads``:
 - ``cy``: a notebook cut off mid-file: ``invalid_notebook``;
 - ``dee``: the untouched student notebook plus a cell that disables ``check_close`` and
   ``torch.testing.assert_close``: still 0, because the tests do not run in the student's process;
-- ``eli``: the solution saved as ``...-Copy1.ipynb`` with an edited test cell: graded by content,
-  the test restored, status ``tampered``;
+- ``eli``: the untouched student notebook saved as ``...-Copy1.ipynb``, with a failing test cell
+  edited to pass: graded by content, the test restored (so it fails again), status ``tampered``;
 - ``fay``: on the roster, nothing submitted: ``missing``.
 """
 
@@ -42,7 +42,7 @@ check_close = checks.check_close
 torch.testing.assert_close = lambda *args, **kwargs: None
 """
 EXPECTED = {"ada": ("graded", 11.0), "ben": ("graded", 9.0), "cy": ("invalid_notebook", 0.0), "dee": ("graded", 0.0),
-            "eli": ("tampered", 11.0), "fay": ("missing", 0.0)}
+            "eli": ("tampered", 0.0), "fay": ("missing", 0.0)}
 
 
 def _read(path: Path):
@@ -75,7 +75,7 @@ def build(out: Path) -> None:
     setup = next(i for i, c in enumerate(dee.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
     dee.cells.insert(setup + 1, nbformat.v4.new_code_cell(HOSTILE, id="dee-hack"))
     put("dee", dee)
-    eli = _read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    eli = _read(ROOT / "notebooks" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
     test = next(c for c in eli.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_strongest_senders")
     test.source = "assert True  # my answer is right"
     put("eli", eli, f"{ASSIGNMENT}-Copy1.ipynb")
