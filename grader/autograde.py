@@ -342,7 +342,7 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
         from . import zygote
 
         if zygote.enabled():
-            zygote.zygote_for(judge_env())
+            zygote.zygote_for(judge_env(), zygote.judge_imports(source_for(cfg, a) for a in assignments))
     if record:
         from .course import Course
 

@@ -3,9 +3,12 @@
 Starting a judge from nothing costs every submission the same seconds: the interpreter, torch,
 TransformerLens, transformers' lazily loaded model code, the package, the references, the digest
 of the grader's code. The zygote pays them once. It is started with the judge's environment
-(``PYTHONHASHSEED=0``, one thread), imports those modules, and then forks judges as they are asked
-for (a judge asked for meanwhile waits: forked early, judges that import beside the zygote on a
-busy machine made the first notebooks slower, not faster).
+(``PYTHONHASHSEED=0``, one thread), imports the grader, torch and the package's grading protocol,
+then runs the import statements of the cells the assignments' judges run (``judge_imports``: their
+locked cells and tests, so TransformerLens, the package's helpers and the references where an
+assignment uses them, and no more where it does not), and forks judges as they are asked for (a
+judge asked for meanwhile waits: forked early, judges that import beside the zygote on a busy
+machine made the first notebooks slower, not faster).
 For each submission it forks a child, which sets the judge's limits (address space
 ``judge_memory_gb``, no core files, killed with the zygote), takes the submission's environment
 and grades exactly as ``python -m grader.autograde`` does (``autograde._child_main``), in its own
@@ -36,16 +39,40 @@ from pathlib import Path
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
 RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
+# What every judge imports, whatever it grades: the grader, torch (it reads the worker's replies with
+# torch.load) and the package's grading protocol. What an assignment's judge runs (its locked cells and
+# tests: the model, the references) is imported per assignment (``judge_imports``, ``Zygote.preload``).
 PRELOAD = (
     "grader.autograde", "grader.judge", "grader.intake", "grader.results", "grader.hidden", "grader.refcache", "grader.sandbox",
-    "torch", "ioi_anomalies.grading", "transformer_lens", "transformer_lens.model_bridge", "transformers", "IPython.display",
-    "circuitsvis", "plotly.express", "ioi_anomalies", "ioi_anomalies.checks", "ioi_anomalies.models", "grader.references.nb01",
-    "grader.references.nb02", "grader.references.nb03",
+    "torch", "ioi_anomalies.grading",
 )
 
 
 class ZygoteGone(RuntimeError):
     """The warm judge is not there (it died, or could not start): grade in a fresh process instead."""
+
+
+def judge_imports(sources) -> list[str]:
+    """The import statements of the cells a judge runs itself (locked set-up cells and tests, hidden parts
+    included) in these assignments' sources, each once, as source text: what a zygote imports before it
+    forks their judges. Instructor code only; a cell that does not parse (an IPython magic) is skipped."""
+    import ast
+
+    out: list[str] = []
+    for source in sources:
+        for cell in source.cells:
+            if cell.kind not in ("setup", "test"):
+                continue
+            try:
+                body = ast.parse(cell.source).body
+            except SyntaxError:
+                continue
+            for node in body:
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                    statement = ast.unparse(node)
+                    if statement not in out:
+                        out.append(statement)
+    return out
 
 
 def enabled() -> bool:
@@ -73,7 +100,18 @@ class Zygote:
         self._next = 0
         self._waiting: dict[int, dict] = {}  # request id -> {"event", "returncode", "error"}
         self._dead = False
+        self.imported: set[str] = set()
         threading.Thread(target=self._read, name="warm-judge-reader", daemon=True).start()
+
+    def preload(self, statements: list[str]) -> None:
+        """Have the zygote run these import statements (``judge_imports``) before the judges it forks next."""
+        new = [st for st in statements if st not in self.imported]
+        if new and self.alive:
+            self.imported.update(new)
+            try:
+                self._send({"op": "import", "code": new})
+            except OSError:
+                pass  # lost: the next run says so
 
     @property
     def busy(self) -> bool:
@@ -157,6 +195,7 @@ class Zygote:
 
 
 _zygotes: dict[tuple, Zygote] = {}
+_imports: dict[tuple, list[str]] = {}  # environment key -> the import statements its zygote runs
 _zygotes_lock = threading.Lock()
 MAX_ZYGOTES = 2  # environments kept warm at once (a test session changes HF_HOME; each zygote holds its imports)
 
@@ -166,10 +205,13 @@ def _key(env: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in env.items() if k not in RUNTIME_ENV))
 
 
-def zygote_for(env: dict) -> Zygote:
-    """This process's warm judge for judges run with ``env`` (started on first use, replaced when lost)."""
+def zygote_for(env: dict, imports: list[str] = ()) -> Zygote:
+    """This process's warm judge for judges run with ``env`` (started on first use, replaced when lost), with
+    ``imports`` (``judge_imports``) and every import asked of an earlier one for this ``env`` done before it forks."""
     key = _key(env)
     with _zygotes_lock:
+        wanted = _imports.setdefault(key, [])
+        wanted += [st for st in imports if st not in wanted]
         z = _zygotes.get(key)
         if z is None or not z.alive:
             if z is not None:
@@ -178,6 +220,7 @@ def zygote_for(env: dict) -> Zygote:
             for other in [k for k, o in _zygotes.items() if not o.busy][: max(0, len(_zygotes) + 1 - MAX_ZYGOTES)]:
                 _zygotes.pop(other).close()
             z = _zygotes[key] = Zygote(env)
+        z.preload(wanted)
         return z
 
 
@@ -213,6 +256,15 @@ def preload_steps() -> list:
     return [imp(n) for n in PRELOAD] + [digest]
 
 
+def run_imports(statements: list[str]) -> None:
+    """Run import statements asked for by the grading process (``Zygote.preload``); one that fails is left to the judge."""
+    for statement in statements:
+        try:
+            exec(compile(statement, "<judge imports>", "exec"), {"__name__": "__judge_imports__"})
+        except Exception as e:  # noqa: BLE001 - a judge imports it again and fails there, as a fresh one would
+            print(f"warm judge: could not run {statement!r}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 def _grade():
     from grader.autograde import _child_main
 
@@ -227,7 +279,7 @@ def probe(argv: list[str]) -> int:
     facts = {"pid": os.getpid(), "ppid": os.getppid(), "threads": threading.active_count(),
              "memory_limit": resource.getrlimit(resource.RLIMIT_AS)[0], "core_limit": resource.getrlimit(resource.RLIMIT_CORE)[0],
              "hash_seed": os.environ.get("PYTHONHASHSEED"), "probe_env": os.environ.get("IOI_PROBE"), "cwd": os.getcwd(),
-             "preloaded": [m for m in PRELOAD if m in sys.modules]}
+             "preloaded": [m for m in PRELOAD if m in sys.modules], "modules": sorted(sys.modules)}
     Path(argv[0]).write_text(json.dumps(facts))
     print("probe: facts written")
     what = argv[1] if len(argv) > 1 else ""
@@ -329,6 +381,9 @@ def serve(fd: int, warm: bool = True) -> None:
                 msg = json.loads(line)
                 if msg.get("entry", "grade") not in ENTRIES:
                     reply({"id": msg.get("id"), "error": "unknown entry"})
+                    continue
+                if msg.get("op") == "import":  # before the judges asked for after it are forked
+                    run_imports([str(st) for st in msg.get("code", [])])
                     continue
                 if msg.get("op") == "kill":
                     pid = ids.get(msg["id"])

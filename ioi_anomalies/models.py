@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge  # this module is imported on first use of a model helper
 
 EMBEDDED_MODEL = "ioi-anomalies-mini"
 GPT2_SMALL = "gpt2-small"
@@ -136,8 +137,6 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         device: torch device; defaults to CUDA when available, else CPU.
         verbose: print which model was loaded (useful when ``name`` is None).
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     label, source = resolve_model_source(name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

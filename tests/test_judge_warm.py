@@ -108,31 +108,64 @@ def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
 
         def __init__(self, env):
             made.append(self)
+            self.imported = []
+
+        def preload(self, statements):
+            self.imported += [s for s in statements if s not in self.imported]
 
         def close(self):
             self.alive = False
 
     monkeypatch.setattr(zygote, "Zygote", Fake)
     monkeypatch.setattr(zygote, "_zygotes", {})
+    monkeypatch.setattr(zygote, "_imports", {})
     env = ag.judge_env()
     a = zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/one"))
     assert zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/two")) is a, "read when a judge runs: one zygote"
-    b = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"))  # read at import: another zygote
-    assert b is not a and a.alive
+    b = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"), ["import json"])  # read at import: another zygote
+    assert b is not a and a.alive and b.imported == ["import json"] and a.imported == []
     c = zygote.zygote_for(dict(env, HF_HOME="/third"))
     assert not a.alive and b.alive and c.alive and len(zygote._zygotes) == zygote.MAX_ZYGOTES
-    b.alive = False  # lost: replaced
-    assert zygote.zygote_for(dict(env, HF_HOME="/elsewhere")) is not b
+    b.alive = False  # lost: replaced, with the imports asked of it
+    again = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"), ["import csv"])
+    assert again is not b and again.imported == ["import json", "import csv"]
 
 
 def test_the_warm_zygote_forks_from_one_thread_with_the_judges_modules_loaded(tmp_path):
-    """The real preload (the grader, torch, TransformerLens, the package, the references): the first judge already has it."""
+    """The real preload (the grader, torch, the protocol) and what the series' judges import (TransformerLens, the
+    package, the references), asked for before the first judge: that judge already has it all."""
     env = ag.judge_env()
+    cfg = Config()
     z = zygote.Zygote(env)
     try:
+        z.preload(zygote.judge_imports(ag.source_for(cfg, a) for a in ag.graded_assignments(cfg)))
         rc, facts, out = probe(z, env, tmp_path, timeout=300.0)
     finally:
         z.close()
     assert rc == 0, out
     assert facts["threads"] == 1, "nothing but the main thread when a judge is forked"
     assert set(facts["preloaded"]) == set(zygote.PRELOAD)
+    wanted = {"transformer_lens", "ioi_anomalies.models", "circuitsvis", "grader.references.nb01", "grader.references.nb02",
+              "grader.references.nb03"}
+    assert wanted <= set(facts["modules"]), wanted - set(facts["modules"])
+
+
+def test_a_zygote_runs_the_imports_it_is_asked_for_before_its_next_judge(bare):
+    z, env, tmp = bare
+    assert "xml.dom.minidom" not in probe(z, env, tmp)[1]["modules"]
+    z.preload(["import xml.dom.minidom", "import a_module_that_does_not_exist", "from wave import open as _open"])
+    rc, facts, _ = probe(z, env, tmp)
+    assert rc == 0 and {"xml.dom.minidom", "wave"} <= set(facts["modules"]), "a failed import leaves the others done"
+
+
+def test_a_judge_imports_what_its_locked_cells_and_tests_import_not_the_answers(tmp_path):
+    from grader.intake import Source
+    from test_grader import source_notebook
+
+    import nbformat
+
+    nb = source_notebook()
+    nb.cells[2].source = "import json\n" + nb.cells[2].source  # an answer cell: the student's process imports it
+    nbformat.write(nb, tmp_path / "toy.ipynb")
+    assert zygote.judge_imports([Source.load(tmp_path / "toy.ipynb")]) == [
+        "import torch", "from ioi_anomalies.checks import check_close", "from grader.hidden import generator"]

@@ -41,7 +41,7 @@ kernelapp.launch_new_instance()
 
 @pytest.fixture(scope="module")
 def slow_kernel(tmp_path_factory):
-    """A JUPYTER_PATH whose 'ioi-anomalies' kernel starts 3 s late and sends its first 2 cells' 'idle' 6 s late."""
+    """A JUPYTER_PATH whose 'ioi-anomalies' kernel starts 1 s late and sends its first 2 cells' 'idle' 6 s late."""
     d = tmp_path_factory.mktemp("slow-kernel")
     (d / "slow_kernel.py").write_text(SLOW_KERNEL)
     spec = d / "kernels" / "ioi-anomalies"
@@ -49,7 +49,7 @@ def slow_kernel(tmp_path_factory):
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, str(d / "slow_kernel.py"), "-f", "{connection_file}"],
         "display_name": "slow", "language": "python"}))
-    return {"JUPYTER_PATH": str(d), "SLOW_KERNEL_START": "3", "SLOW_KERNEL_IDLE": "6", "SLOW_KERNEL_CELLS": "2"}
+    return {"JUPYTER_PATH": str(d), "SLOW_KERNEL_START": "1", "SLOW_KERNEL_IDLE": "6", "SLOW_KERNEL_CELLS": "2"}
 
 
 def _run(path: Path, env: dict | None = None, via_grader: bool = False) -> subprocess.CompletedProcess:
