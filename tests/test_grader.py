@@ -463,7 +463,7 @@ def test_a_locked_gradebook_is_waited_for_not_corrupted(graded):
 
 
 def test_a_hang_times_out_with_a_clear_status(tmp_path):
-    cfg = make_course(tmp_path, wall_time_s=15, jobs=1)
+    cfg = make_course(tmp_path, wall_time_s=10, jobs=1)
     submit(cfg, "hang", variant(replace("means", "while True:\n    pass")), "toy.ipynb")
     r = autograde(cfg, [A], progress=False)[0]
     assert (r.status, r.score) == ("timeout", 1.0), r
@@ -499,7 +499,7 @@ def _with_test(grade_id: str, code: str):
 def test_a_long_check_in_the_judge_still_ends_at_the_wall_limit(tmp_path):
     """The wall limit holds on the judge's side too: a hidden reference that runs long is stopped."""
     slow = TEST_MEANS.replace("### END HIDDEN TESTS", "import time\ntime.sleep(3600)  # a reference that runs long\n### END HIDDEN TESTS")
-    limit = 15
+    limit = 10
     cfg = make_course(tmp_path, wall_time_s=limit, jobs=1)
     nbformat.write(variant(_with_test("test_row_means", slow)), cfg.solutions / A / f"{A}.ipynb")
     submit(cfg, "patient", variant(_with_test("test_row_means", slow)), "toy.ipynb")
