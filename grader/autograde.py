@@ -316,6 +316,15 @@ def missing_result(cfg: Config, student: str, assignment: str) -> SubmissionResu
                                   submission_sha256=submission_digest(cfg.submitted / student / assignment), config=cfg.fingerprint())
 
 
+def warm_judge(cfg: Config, assignments: list[str]) -> None:
+    """Start this process's warm judge (``grader/zygote.py``) for these assignments, if it is on: it imports in
+    the background what their judges need, while the caller goes on."""
+    from . import zygote
+
+    if zygote.enabled():
+        zygote.zygote_for(judge_env(), zygote.judge_imports(source_for(cfg, a) for a in assignments))
+
+
 def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str] | None = None, force: bool = False,
               progress: bool = True, record: bool = True, cluster: str | None = None) -> list[SubmissionResult]:
     """Grade everything submitted (and every roster student) for ``assignments``; returns the results.
@@ -337,12 +346,8 @@ def autograde(cfg: Config, assignments: list[str] | None = None, only: list[str]
                 results.append(old)
             else:
                 todo.append((s, a))
-    if not cluster and any((cfg.submitted / s / a).is_dir() for s, a in todo):  # the warm judge (grader/zygote.py) imports
-        # while nbgrader's course is set up
-        from . import zygote
-
-        if zygote.enabled():
-            zygote.zygote_for(judge_env(), zygote.judge_imports(source_for(cfg, a) for a in assignments))
+    if not cluster and any((cfg.submitted / s / a).is_dir() for s, a in todo):
+        warm_judge(cfg, assignments)  # it imports while nbgrader's course is set up
     if record:
         from .course import Course
 

@@ -84,7 +84,7 @@ def build(out: Path) -> None:
 
 def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> int:
     """Release, grade the example class, print the table; exits 1 if a status or score is not the expected one."""
-    from .autograde import autograde
+    from .autograde import autograde, warm_judge
     from .config import load
     from .reports import collect, export, format_table, summary, write_feedback
 
@@ -93,6 +93,10 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
     (workdir / "course").mkdir(parents=True)
     from .course import NbGraderError, scratch_release
 
+    cfg = load().with_(submitted=EXAMPLES, roster=EXAMPLES / "roster.csv", results=workdir / "results", course=workdir / "course",
+                       grades=workdir / "grades.csv", feedback=workdir / "feedback", jobs=jobs)
+    warm_judge(cfg, [ASSIGNMENT])  # the judges' imports run while the assignments are released
+
     print("1. release: solutions/ -> student notebooks (nbgrader generate_assignment)")
     for a in sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()):
         try:
@@ -100,8 +104,6 @@ def demo(workdir: Path = ROOT / "build" / "demo", jobs: int | None = None) -> in
             print(f"   {a}: ok")
         except NbGraderError as e:
             print(f"   {a}: FAILED {str(e)[-500:]}")
-    cfg = load().with_(submitted=EXAMPLES, roster=EXAMPLES / "roster.csv", results=workdir / "results", course=workdir / "course",
-                       grades=workdir / "grades.csv", feedback=workdir / "feedback", jobs=jobs)
     print(f"2. autograde the example class in grader/examples/ ({cfg.n_jobs} workers, model: {cfg.model}, sandbox: {cfg.sandbox})")
     results = autograde(cfg, [ASSIGNMENT])
     print(summary(results, workdir / "score_histogram.html"))
