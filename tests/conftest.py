@@ -62,9 +62,9 @@ SHARED_FIXTURES = {"report": "report", "handout": "report", "graded": "graded", 
 
 # Work that takes longest first, so that the two workers end together (pytest-xdist hands out work
 # in collection order): groups and single tests by name, heaviest first; everything else follows.
-# The first two go to the two workers at once: the demo grades two submissions at a time while the
-# slow kernel mostly waits, so the demo's processes use the core the slow kernel leaves idle.
-HEAVY_FIRST = ["test_demo_grades_the_example_class_as_expected", "slow_kernel", "solution:01", "report", "graded", "solution:03",
+# The slow kernel mostly waits: it comes next to the graded class, whose two jobs at a time use the
+# core it leaves idle (the first worker takes it after solution:01 while the second grades the class).
+HEAVY_FIRST = ["solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "slow_kernel", "report", "solution:03",
                "solution:02", "test_autograding_full_and_zero", "test_a_class_graded_on_a_cluster", "card"]
 
 

@@ -43,7 +43,7 @@ def test_heavy_work_is_handed_out_first():
     order = sorted([item("model"), item("graded"), item(name="test_demo_grades_the_example_class_as_expected"),
                     item("solution_run", file="nb01")], key=lambda i: _rank(i, xdist_group(i)))
     assert [xdist_group(i) or i.name for i in order] == [
-        "test_demo_grades_the_example_class_as_expected", "solution:01", "graded", "test_x"]
+        "solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "test_x"]
 
 
 def test_the_mutation_score_adds_up_reports_from_any_worker():
@@ -90,9 +90,13 @@ def test_collection_refuses_an_unmarked_end_to_end_test_and_under_xdist_fails_it
     items = [collected("model", slow=False, name="test_a"), collected("report", slow=False, name="test_b"),
              collected("graded", name="test_c"), collected("solution_run", file="nb01", name="test_d")]
     pytest_collection_modifyitems(SimpleNamespace(getvalue=lambda name: False), items)
-    assert "mark this test @pytest.mark.slow" in items[1].stash[REFUSED] and REFUSED not in items[0].stash
-    assert [(i.name, i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None) for i in items] == [
-        ("test_d", "solution:01"), ("test_b", None), ("test_c", "graded"), ("test_a", None)], "grouped (not the refused test), heaviest first"
+    by_name = {i.name: i for i in items}
+    assert "mark this test @pytest.mark.slow" in by_name["test_b"].stash[REFUSED] and REFUSED not in by_name["test_a"].stash
+    marks = {i.name: i.get_closest_marker("xdist_group").args[0] if i.get_closest_marker("xdist_group") else None for i in items}
+    assert marks == {"test_a": None, "test_b": None, "test_c": "graded", "test_d": "solution:01"}, "grouped (not the refused test)"
+    rank = {"test_a": len(HEAVY_FIRST), "test_b": HEAVY_FIRST.index("report"), "test_c": HEAVY_FIRST.index("graded"),
+            "test_d": HEAVY_FIRST.index("solution:01")}
+    assert [i.name for i in items] == sorted(rank, key=rank.get), "heaviest first (the refused test in its group's place)"
 
 
 def test_a_grouped_test_carries_its_group_in_the_node_id_that_loadgroup_reads():
