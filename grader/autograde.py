@@ -160,7 +160,11 @@ def verdict(cfg: Config, student: str, assignment: str) -> SubmissionResult:
     old = load_result(cfg, assignment, student)
     if is_fresh(cfg, old):
         return old
-    new = run_child(cfg, student, assignment) if (cfg.submitted / student / assignment).is_dir() else missing_result(cfg, student, assignment)
+    if (cfg.submitted / student / assignment).is_dir():
+        warm_judge(cfg, [assignment])  # nbgrader's autograde asks for one submission at a time
+        new = run_child(cfg, student, assignment)
+    else:
+        new = missing_result(cfg, student, assignment)
     if not new.is_grader_error:
         store_result(cfg, new)
     return new

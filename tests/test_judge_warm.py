@@ -169,3 +169,18 @@ def test_a_judge_imports_what_its_locked_cells_and_tests_import_not_the_answers(
     nbformat.write(nb, tmp_path / "toy.ipynb")
     assert zygote.judge_imports([Source.load(tmp_path / "toy.ipynb")]) == [
         "import torch", "from ioi_anomalies.checks import check_close", "from grader.hidden import generator"]
+
+
+def test_nbgraders_one_submission_at_a_time_still_warms_the_judge_with_its_assignments_imports(tmp_path, monkeypatch):
+    """`nbgrader autograde` with the project's preprocessor asks for each verdict alone (``verdict``), not for a batch."""
+    from grader.results import Status, SubmissionResult
+    from test_grader import A, make_course, submit, variant
+
+    cfg = make_course(tmp_path)
+    submit(cfg, "s", variant(), "toy.ipynb")
+    asked = []
+    monkeypatch.setenv(zygote.WARM_ENV, "on")
+    monkeypatch.setattr(zygote, "zygote_for", lambda env, imports=(): asked.append(list(imports)))
+    monkeypatch.setattr(ag, "run_child", lambda cfg, s, a: SubmissionResult(student=s, assignment=a, status=Status.GRADED))
+    assert ag.verdict(cfg, "s", A).status == Status.GRADED
+    assert asked and "from ioi_anomalies.checks import check_close" in asked[0]
