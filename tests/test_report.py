@@ -32,6 +32,8 @@ def test_the_report_has_a_page_per_notebook_and_an_index(report):
         assert "https://" not in text.split("<body>")[0], "the page head loads nothing from the network"
         assert "unpkg.com" not in text and "cdn.plot.ly" not in text
         assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text and "MARK SCHEME" not in text
+        assert "IPython.core.display" not in text, "a displayed object is shown rendered, not as its repr"
+    assert "<strong>On ioi-anomalies-mini:</strong>" in (out / "01_early_induction_heads.html").read_text(), "the summary, rendered"
     assert pages["01_early_induction_heads"]["views"] >= 1, "the attention view is in the report"
     assert all(pages[n]["plots"] >= 1 for n in ("01_early_induction_heads", "02_backup_name_movers", "03_positional_vs_token_signal"))
 

@@ -145,6 +145,8 @@ def render(nb, title: str, nav: str, cv_inline: str) -> str:
                     h = data["text/html"]
                     h = h.replace(cv_inline, "") if cv_inline and cv_inline[:200] in h else h
                     body.append(f"<div class='out'>{h}</div>")
+                elif "text/markdown" in data:  # display(Markdown(...)): rendered, not its repr
+                    body.append(f"<div class='out md'>{_markdown(data['text/markdown'])}</div>")
                 elif "image/png" in data:
                     body.append(f"<div class='out'><img alt='figure' src='data:image/png;base64,{data['image/png']}'></div>")
                 elif "text/plain" in data:
