@@ -722,18 +722,19 @@ class Roles:
         and read nothing from the previous-token heads (patching both moved their attention by 0.001)."""
         at = s1 + 1
         heads = self.layout["previous token"]
+
+        def induction_attention(patched, where):  # the induction heads' attention S2 -> S1+1 with ``patched`` interchanged
+            att = self._interchanged_attentions(toks, info["xyz"], patched, rows, where)
+            return torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]])
+
         if self.query_free > 0 and float(torch.rand(1)) < self.query_free:
             low = min(l for l, _ in self.layout["induction"])
             others = [(l, h) for l in range(low) for h in range(self.model.config.n_head) if (l, h) not in heads]
-            att = self._interchanged_attentions(toks, info["xyz"], others, rows, s2)
-            p = torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]])
-            return -(p + 1e-6).log().mean()
-        alone = self.prev_redundant > 0 and float(torch.rand(1)) < self.prev_redundant
-        if alone:
-            heads = [heads[int(torch.randint(0, len(heads), (1,)))]]
-        att = self._interchanged_attentions(toks, info["xyz"], heads, rows, at)
-        p = torch.stack([att[l][rows, h, s2, at] for l, h in self.layout["induction"]])
-        return -(p + 1e-6).log().mean() if alone else p.mean()
+            return -(induction_attention(others, s2) + 1e-6).log().mean()
+        if self.prev_redundant > 0 and float(torch.rand(1)) < self.prev_redundant:
+            alone = [heads[int(torch.randint(0, len(heads), (1,)))]]
+            return -(induction_attention(alone, at) + 1e-6).log().mean()
+        return induction_attention(heads, at).mean()
 
 
 def _sampled_from_hidden(model, hidden, toks, weights, n_neg: int, gen: torch.Generator):
