@@ -107,13 +107,9 @@ def duplicate(nb):
     nb.cells.insert(5, copy)
 
 
-LISTENER = socket.socket()
-LISTENER.bind(("127.0.0.1", 0))
-LISTENER.listen(1)
-PORT = LISTENER.getsockname()[1]
-
-
-def students(tmp: Path) -> dict:
+def students(tmp: Path, port: int) -> dict:
+    """The class: each student's notebook and file name. ``port``: a port the host listens on, which the
+    network probe must not reach."""
     secret = tmp / "solutions" / A / f"{A}.ipynb"
     escape = tmp / "escaped.txt"
     probe = (
@@ -121,7 +117,7 @@ def students(tmp: Path) -> dict:
         f"try:\n    open({str(secret)!r}).read(); leaked = True\nexcept OSError:\n    leaked = False\n"
         f"try:\n    open({str(tmp / 'course' / 'gradebook.db')!r}, 'rb').read(1); leaked = True\nexcept OSError:\n    pass\n"
         f"try:\n    open({str(escape)!r}, 'w').write('out'); leaked = True\nexcept OSError:\n    pass\n"
-        f"try:\n    socket.create_connection(('127.0.0.1', {PORT}), timeout=2); leaked = True\nexcept OSError:\n    pass\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); leaked = True\nexcept OSError:\n    pass\n"
         f"try:\n    open({str(ROOT / 'solutions' / '01_early_induction_heads' / '01_early_induction_heads.ipynb')!r}).read(); leaked = True\n"
         "except OSError:\n    pass\n"
         "open('scratch.txt', 'w').write('mine')  # its own folder is writable\n"
@@ -258,12 +254,15 @@ def submit(cfg: Config, student: str, content, name: str) -> Path:
 def graded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("class")
     cfg = make_course(tmp, wall_time_s=180)
-    for student, (content, name) in students(tmp).items():
-        submit(cfg, student, content, name)
-    with open(os.path.join(os.fsencode(cfg.submitted / "stray_bytes_name" / A), b"notes\xfe.txt"), "w") as f:
-        f.write("a stray file whose name is not UTF-8")
-    cfg.roster.write_text("student\n" + "\n".join(sorted(EXPECTED)) + "\n")
-    results = autograde(cfg, [A], progress=False)
+    with socket.socket() as listener:  # listening on the host while the class is graded: the sandbox has no network
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        for student, (content, name) in students(tmp, listener.getsockname()[1]).items():
+            submit(cfg, student, content, name)
+        with open(os.path.join(os.fsencode(cfg.submitted / "stray_bytes_name" / A), b"notes\xfe.txt"), "w") as f:
+            f.write("a stray file whose name is not UTF-8")
+        cfg.roster.write_text("student\n" + "\n".join(sorted(EXPECTED)) + "\n")
+        results = autograde(cfg, [A], progress=False)
     return cfg, {r.student: r.to_json() for r in results}, tmp  # each result's JSON form
 
 
