@@ -267,15 +267,18 @@ def judge_env() -> dict:
                 PLOTLY_RENDERER="json", TQDM_DISABLE="1")
 
 
-def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path) -> int:
+def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path, assignment: str | None = None) -> int:
     """Run the judge ``python -m grader.autograde ...`` to its end: forked from the warm judge
-    (``grader/zygote.py``) where there is one, else a fresh process. Its output goes to ``err_path``."""
+    (``grader/zygote.py``) where there is one, with a warm sandbox for its worker, else a fresh process.
+    Its output goes to ``err_path``."""
     from . import zygote
 
     timeout = cfg.wall_time_s + JUDGE_GRACE_S
     if zygote.enabled():
+        sandbox = None if assignment is None else {
+            "cfg": config_to_json(cfg), "imports": zygote.judge_imports([source_for(cfg, assignment)], kinds=("setup",))}
         try:
-            return zygote.zygote_for(env).run(cmd[3:], env, int(cfg.judge_memory_gb * (1 << 30)), err_path, timeout)
+            return zygote.zygote_for(env).run(cmd[3:], env, int(cfg.judge_memory_gb * (1 << 30)), err_path, timeout, sandbox=sandbox)
         except zygote.ZygoteGone:
             pass  # graded again from nothing, in a fresh process
     with open(err_path, "w") as err:
@@ -297,7 +300,7 @@ def run_child(cfg: Config, student: str, assignment: str) -> SubmissionResult:
         cmd = [sys.executable, "-m", "grader.autograde", config_to_json(cfg), student, assignment, str(out)]
         base = SubmissionResult(student=student, assignment=assignment, status=Status.GRADER_ERROR)
         try:
-            returncode = _run_judge(cfg, cmd, judge_env(), err_path)
+            returncode = _run_judge(cfg, cmd, judge_env(), err_path, assignment)
             if returncode == 0 and out.exists():
                 try:
                     return SubmissionResult.loads(out.read_text())

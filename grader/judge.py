@@ -38,7 +38,9 @@ from ioi_anomalies import grading  # the package's declared protocol: data types
 
 from .config import Config
 from .intake import HIDDEN, Plan, defined_names, used_names
-from .sandbox import kill, start_worker
+from .sandbox import kill
+from .sandbox import start as start_worker
+from .sandbox import start_worker as start_fresh_worker
 
 _SCALARS = (type(None), bool, int, float, str, complex, bytes)
 
@@ -528,7 +530,15 @@ class Judge:
         cell_errors: list[dict] = []
         status, reason, log_tail = "graded", [], ""
         t = time.monotonic()
-        proc, sock = start_worker(self.workdir, cfg, log)  # first: the worker boots while this judge imports torch
+        # first: the worker boots (or is forked in the warm sandbox lent to this judge) while this judge imports torch
+        proc, sock, files = start_worker(self.workdir, cfg, log, max(1.0, deadline - time.monotonic()))
+        if files is not None:  # a warm sandbox's worker: the submission comes first, over its socket
+            try:
+                Conn(proc, sock, deadline, log).ask("files", files=files)
+            except (WorkerGone, RemoteError):  # the warm sandbox failed, not the student: a fresh worker instead
+                sock.close()
+                kill(proc)
+                proc, sock = start_fresh_worker(self.workdir, cfg, log)
         self.timings["worker_start_s"] = time.monotonic() - t
         import torch
 
@@ -539,6 +549,7 @@ class Judge:
         conn = Conn(proc, sock, deadline, log)
         needed = self.needed_trusted()
         _arm_wall_clock(deadline)
+        bye = False
         try:
             for i, step in enumerate(plan.steps):
                 if step.kind == "trusted":
@@ -596,8 +607,9 @@ class Judge:
             with contextlib.suppress(Exception):
                 if proc.poll() is None and time.monotonic() < deadline:
                     conn.send("bye")
+                    bye = True
             sock.close()
-            kill(proc)
+            kill(proc, grace=5 if bye else 0)
         for step in plan.steps:  # a test that was never reached still appears
             if step.kind == "test" and step.name not in tests:
                 tests[step.name] = {"points": step.points, "score": 0.0, "state": "not graded", "message": "not graded"}

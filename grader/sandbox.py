@@ -1,4 +1,5 @@
-"""Starting a student's process with limits, inside bubblewrap.
+"""Starting a student's process with limits, inside bubblewrap: a fresh sandbox per worker (``start_worker``), or a
+worker forked in a warm sandbox that serves a grading job's submissions one after another (``WarmSandbox``, below).
 
 What is enforced on Linux (see the README's grader section):
 
@@ -24,10 +25,14 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from .config import ROOT, Config
@@ -36,6 +41,7 @@ NOBODY = 65534
 FILE_LIMIT = 1 << 30  # no file grows past 1 GiB
 SHM_LIMIT = 64 << 20  # /dev/shm, apart from disk_mb
 SUBMISSION = Path("/submission")  # the submission, read-only; the worker copies it into its home
+WORKER_DIR = Path("/opt/ioi-grader")  # a warm sandbox's copy of worker.py, read-only
 HF_HUB = Path("/opt/hf-hub")  # the Hugging Face hub cache, read-only, wherever it is on the host
 
 
@@ -102,6 +108,54 @@ def worker_env(cfg: Config, home: Path, tmp: str = "/tmp") -> dict:
     return env
 
 
+def _sandbox_command(cfg: Config, binds: list[tuple[Path, Path]], inner: list[str]) -> tuple[list[str], dict]:
+    """bubblewrap's command line running ``inner`` with ``binds`` (host folder, place inside) read-only, and its environment."""
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, or set sandbox = \"none\" "
+                                 "in grader/grader_config.toml to grade trusted notebooks without a sandbox")
+    home = Path("/home/student")
+    tmp = Path("/tmp")
+    as_root = os.getuid() == 0
+    disk = str(int(cfg.disk_mb) << 20)
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
+           "--perms", "1777", "--size", str(SHM_LIMIT), "--tmpfs", "/dev/shm"]
+    if not as_root:
+        cmd += ["--unshare-user"]
+    for sys_dir in ("/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin"):
+        if os.path.exists(sys_dir):
+            cmd += ["--ro-bind", sys_dir, sys_dir] if not os.path.islink(sys_dir) else ["--symlink", os.readlink(sys_dir), sys_dir]
+    # /tmp first, as its own tmpfs: read-only folders that live under /tmp on the host (a checkout
+    # in /tmp/...) are then bound inside it
+    cmd += ["--perms", "1777", "--size", disk, "--tmpfs", str(tmp)]
+    made: set[str] = {str(tmp)}
+
+    def parents(dest: Path) -> list[str]:  # bwrap would make them 0700, unreadable once we are nobody
+        out = []
+        for parent in reversed(dest.parents):
+            if str(parent) not in made and str(parent) not in ("/", "/usr", "/etc"):
+                made.add(str(parent))
+                out += ["--perms", "0755", "--dir", str(parent)]
+        return out
+
+    for p in _ro_paths(cfg):
+        cmd += parents(p) + ["--ro-bind", str(p), str(p)]
+    for src, dest in binds:
+        cmd += parents(dest) + ["--ro-bind", str(src), str(dest)]
+    if cfg.model != "embedded" and hf_hub_cache().is_dir():
+        cmd += parents(HF_HUB) + ["--ro-bind", str(hf_hub_cache().resolve()), str(HF_HUB)]
+    cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home), "--chdir", str(home), "--clearenv"]
+    # the rest of the tree read-only: what bwrap made for the mounts above (/home, /opt, ...) cannot be written either
+    cmd += ["--remount-ro", "/"]
+    env = worker_env(cfg, home, str(tmp))
+    for k, v in env.items():
+        cmd += ["--setenv", k, v]
+    if as_root:
+        inner = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", "--"] + inner
+    return cmd + ["--"] + inner, env
+
+
 def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Popen, socket.socket]:
     """Run ``grader/worker.py`` on a copy of itself in ``workdir``; returns the process and our socket end.
 
@@ -121,48 +175,7 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
         cmd = [python, str(script), str(fd)]
         env = worker_env(cfg, workdir, os.environ.get("TMPDIR", "/tmp"))
     else:
-        bwrap = shutil.which("bwrap")
-        if not bwrap:
-            raise SandboxUnavailable("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, or set sandbox = \"none\" "
-                                     "in grader/grader_config.toml to grade trusted notebooks without a sandbox")
-        home = Path("/home/student")
-        tmp = Path("/tmp")
-        as_root = os.getuid() == 0
-        disk = str(int(cfg.disk_mb) << 20)
-        cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-               "--unshare-cgroup-try", "--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev",
-               "--perms", "1777", "--size", str(SHM_LIMIT), "--tmpfs", "/dev/shm"]
-        if not as_root:
-            cmd += ["--unshare-user"]
-        for sys_dir in ("/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin"):
-            if os.path.exists(sys_dir):
-                cmd += ["--ro-bind", sys_dir, sys_dir] if not os.path.islink(sys_dir) else ["--symlink", os.readlink(sys_dir), sys_dir]
-        # /tmp first, as its own tmpfs: read-only folders that live under /tmp on the host (a checkout
-        # in /tmp/...) are then bound inside it
-        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", str(tmp)]
-        made: set[str] = {str(tmp)}
-
-        def parents(dest: Path) -> list[str]:  # bwrap would make them 0700, unreadable once we are nobody
-            out = []
-            for parent in reversed(dest.parents):
-                if str(parent) not in made and str(parent) not in ("/", "/usr", "/etc"):
-                    made.add(str(parent))
-                    out += ["--perms", "0755", "--dir", str(parent)]
-            return out
-
-        for p in _ro_paths(cfg):
-            cmd += parents(p) + ["--ro-bind", str(p), str(p)]
-        cmd += ["--ro-bind", str(workdir), str(SUBMISSION)]
-        if cfg.model != "embedded" and hf_hub_cache().is_dir():
-            cmd += parents(HF_HUB) + ["--ro-bind", str(hf_hub_cache().resolve()), str(HF_HUB)]
-        cmd += parents(home) + ["--perms", "1777", "--size", disk, "--tmpfs", str(home), "--chdir", str(home), "--clearenv"]
-        env = worker_env(cfg, home, str(tmp))
-        for k, v in env.items():
-            cmd += ["--setenv", k, v]
-        inner = [python, str(SUBMISSION / script.name), str(fd), str(SUBMISSION)]
-        if as_root:
-            inner = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", "--"] + inner
-        cmd += ["--"] + inner
+        cmd, env = _sandbox_command(cfg, [(workdir, SUBMISSION)], [python, str(SUBMISSION / script.name), str(fd), str(SUBMISSION)])
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limits(cfg))
@@ -170,10 +183,262 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
     return proc, ours
 
 
-def kill(proc: subprocess.Popen) -> None:
-    """Stop the worker and everything it started (it leads its own session)."""
+# ---------------------------------------------------------------- warm sandboxes
+# Starting a worker from nothing costs every submission the same seconds: the interpreter, torch,
+# IPython, and what the notebook's set-up imports (TransformerLens: ~5 s). A warm sandbox pays them
+# once per grading job: it is one bubblewrap sandbox, started as for a worker, whose first process
+# (``worker.zygote``) imports them and then forks one worker per submission, one at a time. Before
+# the next worker it puts the sandbox back as it was (``worker._reset``): every process the last one
+# left killed, the home, /tmp and /dev/shm emptied, no System V IPC object left; it retires the
+# sandbox when it cannot. It never reads a submission: the worker gets its files from its judge
+# over its own socket, after the fork. It cannot be read or traced by a worker (not dumpable), runs
+# only as the first process of the sandbox's PID namespace, and creates no POSIX message queue.
+# A judge whose worker runs past its time, or does not end after "bye", kills the whole sandbox, as
+# it would a fresh worker's; the next submission gets a new one. ``IOI_GRADER_WARM_JUDGE=off``
+# turns warm sandboxes off with the warm judge (grader/zygote.py owns them and lends one per judge).
+
+LENT: "WarmSandbox | None" = None  # in a judge forked by the warm judge: the sandbox lent to it
+
+
+class SandboxGone(RuntimeError):
+    """The warm sandbox is not there or retired: start a fresh worker instead."""
+
+
+def warm_key(cfg: Config, imports: list[str]) -> str:
+    """Judges share a warm sandbox when their workers would start alike."""
+    import json
+
+    return json.dumps([cfg.model, cfg.memory_gb, cfg.disk_mb, cfg.processes, cfg.sandbox, sorted(cfg.extra_env.items()), list(imports)])
+
+
+class WarmSandbox:
+    """The grading side of one warm sandbox: start it, lend it, ask it for workers, retire it."""
+
+    def __init__(self, cfg: Config, imports: list[str]):
+        from .worker import _send_msg
+
+        if cfg.sandbox == "none":
+            raise SandboxGone("warm sandboxes need bubblewrap")
+        self.key = warm_key(cfg, imports)
+        self.dir = Path(tempfile.mkdtemp(prefix="ioi-warm-"))
+        os.chmod(self.dir, 0o755)
+        shutil.copy(ROOT / "grader" / "worker.py", self.dir / "worker.py")
+        os.chmod(self.dir / "worker.py", 0o644)
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        cmd, env = _sandbox_command(cfg, [(self.dir, WORKER_DIR)], [sys.executable, str(WORKER_DIR / "worker.py"), "--zygote", str(fd)])
+        self.log = Path(f"{self.dir}.log")  # the zygote's own output (an import that failed); each worker has its own log
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.dir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limits(cfg))
+        theirs.close()
+        self._owner = os.getpid()
+        self.control = ours
+        self.ready = False
+        self.retired = ""
+        self._buf = b""
+        self._pinged: int | None = None
+        self._ping_sent = 0.0
+        _send_msg(ours, {"imports": list(imports)})
+
+    @property
+    def alive(self) -> bool:
+        if self.retired:
+            return False
+        if os.getpid() == self._owner:
+            return self.proc.poll() is None
+        try:  # in a judge forked by its owner: not our child to wait for
+            os.kill(self.proc.pid, 0)
+            return True
+        except OSError:
+            return False
+
+    def fileno(self) -> int:
+        return self.control.fileno()
+
+    # ---- messages
+    def _messages(self, timeout: float | None) -> list[dict]:
+        """The messages that arrive within ``timeout`` seconds (0: those already here); [] when none."""
+        import json
+
+        out = []
+        end = None if timeout is None else time.monotonic() + timeout
+        while not out:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            ready, _, _ = select.select([self.control], [], [], left)
+            if not ready:
+                return out
+            try:
+                chunk = self.control.recv(1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.retire("the warm sandbox ended")
+                return out
+            self._buf += chunk
+            while len(self._buf) >= 8:
+                (n,) = struct.unpack("!Q", self._buf[:8])
+                if len(self._buf) < 8 + n:
+                    break
+                msg, self._buf = json.loads(self._buf[8 : 8 + n]), self._buf[8 + n :]
+                if "retired" in msg:
+                    self.retire(str(msg["retired"]))
+                out.append(msg)
+            if end is not None and time.monotonic() >= end:
+                return out
+        return out
+
+    def _next(self, key: str, timeout: float) -> dict:
+        """Wait for the next message with ``key`` (others before it are dropped)."""
+        end = time.monotonic() + timeout
+        while True:
+            for msg in self._messages(max(0.0, end - time.monotonic())):
+                if key in msg:
+                    return msg
+                if key != "ready" and "ready" in msg:
+                    self.ready = True
+            if not self.alive:
+                raise SandboxGone(self.retired or "the warm sandbox ended")
+            if time.monotonic() >= end:
+                raise SandboxGone(f"the warm sandbox did not answer in {timeout:.0f} s")
+
+    # ---- for the judge
+    def start_worker(self, log: Path, timeout: float) -> tuple["WarmWorker", socket.socket]:
+        """A fresh worker forked in this sandbox; its first request must be ``files`` (the submission)."""
+        if not self.ready:
+            self._next("ready", timeout)
+        self.ready = False
+        ours, theirs = socket.socketpair()
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            data = b'{"op": "fork"}'
+            socket.send_fds(self.control, [struct.pack("!Q", len(data)) + data], [theirs.fileno(), log_fd])
+        except OSError as e:
+            ours.close()
+            raise SandboxGone(f"the warm sandbox cannot be reached ({e})") from e
+        finally:
+            theirs.close()
+            os.close(log_fd)
+        pid = self._next("pid", 30)["pid"]
+        return WarmWorker(self, pid), ours
+
+    # ---- for the warm judge that lends it
+    def ping(self) -> None:
+        """After a judge is done with it: ask whether it is ready again (``returned`` reads the answer)."""
+        from .worker import _send_msg
+
+        self._pinged = (self._pinged or 0) + 1
+        self._ping_sent = time.monotonic()
+        self.ready = False
+        try:
+            _send_msg(self.control, {"op": "ping", "n": self._pinged})
+        except OSError:
+            self.retire("the warm sandbox ended")
+
+    def returned(self, timeout: float = 0) -> bool | None:
+        """True: back and ready for another judge; False: retired; None: not yet (a worker still runs or it resets)."""
+        for msg in self._messages(timeout):
+            if msg.get("pong") == self._pinged:
+                self.ready = True
+                return True
+        if not self.alive:
+            return False
+        return None
+
+    def retire(self, why: str = "retired") -> None:
+        """Stop the sandbox and every process in it."""
+        self.retired = self.retired or why
+        self.ready = False
+        try:
+            os.killpg(self.proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        self.retire("closed")
+        try:
+            self.proc.wait(timeout=10)
+        except (subprocess.TimeoutExpired, ChildProcessError):
+            pass
+        self.control.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+    def forget(self) -> None:
+        """In a forked judge: drop this process's copy of a sandbox lent to another judge (closes nothing of theirs)."""
+        self.control.close()
+
+
+class WarmWorker:
+    """A worker forked in a warm sandbox, seen as ``subprocess.Popen`` is by the judge: ``poll``, ``wait``, ``returncode``."""
+
+    needs_files = True
+
+    def __init__(self, sandbox: WarmSandbox, pid: int):
+        self.sandbox, self.pid, self.returncode = sandbox, pid, None
+
+    def _read(self, timeout: float) -> None:
+        try:
+            self.returncode = int(self.sandbox._next("exit", timeout)["exit"])
+        except SandboxGone:
+            if not self.sandbox.alive:
+                self.returncode = -9  # it ended with its sandbox
+
+    def poll(self):
+        if self.returncode is None:
+            self._read(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None):
+        if self.returncode is None:
+            self._read(3600 if timeout is None else timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired("warm worker", timeout)
+        return self.returncode
+
+    def kill(self) -> None:
+        self.sandbox.retire("its worker was stopped")
+        self.returncode = self.returncode if self.returncode is not None else -9
+
+
+def submission_files(workdir: Path) -> list[tuple[str, bytes]]:
+    """The files of a prepared submission folder, for a warm sandbox's worker (``worker.Worker.op_files``)."""
+    out = []
+    for root, _, files in os.walk(workdir):
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                out.append((path.relative_to(workdir).as_posix(), path.read_bytes()))
+    return out
+
+
+def start(workdir: Path, cfg: Config, log: Path, timeout: float):
+    """A worker for one submission: forked in the sandbox lent to this judge, if any, else started fresh (``start_worker``).
+    Returns (process, socket, files): ``files`` is what to send as the worker's first request (None: it copied them itself)."""
+    global LENT
+    if LENT is not None and LENT.alive and cfg.sandbox != "none":
+        try:
+            proc, sock = LENT.start_worker(log, timeout)
+            return proc, sock, submission_files(workdir)
+        except SandboxGone:
+            LENT.retire("it failed to start a worker")
+    proc, sock = start_worker(workdir, cfg, log)
+    return proc, sock, None
+
+
+def kill(proc, grace: float = 0) -> None:
+    """Stop the worker and everything it started (it leads its own session). A warm sandbox's worker gets ``grace``
+    seconds to end by itself (after "bye"); past them it is stopped with its sandbox."""
     import signal
 
+    if isinstance(proc, WarmWorker):
+        try:
+            if grace <= 0:
+                raise subprocess.TimeoutExpired("warm worker", grace)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

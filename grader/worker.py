@@ -13,6 +13,11 @@ talks to it over the socket ``FD``:
 
 So whatever the student's code does to ``torch``, builtins or test helpers in this process, the
 checks run elsewhere.
+
+In a warm sandbox (``grader/sandbox.py``) the same file runs as ``python worker.py --zygote FD``:
+the sandbox's first process, which imports once what workers need and forks one worker per
+submission (``zygote``); that worker reads its submission from its judge (``op_files``) and then
+works as above.
 """
 
 from __future__ import annotations
@@ -204,6 +209,24 @@ class Worker:
             self.shared[f"{name}.{part}"] = value
             self.shared_ids[id(value)] = f"{name}.{part}"
 
+    def op_files(self, files):
+        """A warm sandbox's worker gets its submission here, first: (relative path, bytes) pairs, written into its home."""
+        written = 0
+        for rel, data in files:
+            parts = [p for p in str(rel).split("/") if p not in ("", ".")]
+            if str(rel).startswith("/") or ".." in parts or not parts:
+                print(f"could not copy {rel}: not a path inside the submission", file=sys.stderr)
+                continue
+            try:
+                if len(parts) > 1:
+                    os.makedirs(os.path.join(*parts[:-1]), exist_ok=True)
+                with open(os.path.join(*parts), "wb") as f:
+                    f.write(data)
+                written += 1
+            except OSError as e:
+                print(f"could not copy {rel}: {e}", file=sys.stderr)
+        return {"ok": True, "written": written}
+
     def op_get(self, name: str):
         if name not in self.ns:
             return {"missing": True}
@@ -273,7 +296,203 @@ def _copy_submission(src: str) -> None:
             print(f"could not copy {entry}: {e}", file=sys.stderr)
 
 
+# ---------------------------------------------------------------- the warm sandbox
+# One sandbox (``grader.sandbox.WarmSandbox``) serves the submissions of one grading job, one after another.
+# Its first process, the zygote, runs no student code: it imports what a worker needs, then for each
+# submission forks a worker, waits for it, and puts the sandbox back as it found it (``_reset``) before
+# it says it is ready again. It never reads a submission (the worker reads its files from the judge's
+# socket after the fork), so no worker's memory holds another student's work.
+PR_SET_DUMPABLE = 4
+WRITABLE = ("/tmp", "/dev/shm")  # with the home: everything a worker can write
+
+
+def _prctl(option: int, arg: int) -> int:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+
+
+def _send_msg(sock: socket.socket, msg: dict) -> None:
+    import json
+
+    data = json.dumps(msg).encode()
+    sock.sendall(struct.pack("!Q", len(data)) + data)
+
+
+def _recv_msg(sock: socket.socket, maxfds: int = 0) -> tuple[dict, list[int]]:
+    """A length-prefixed JSON message and the file descriptors sent with its first bytes."""
+    import json
+
+    head, fds, _, _ = socket.recv_fds(sock, 8, maxfds) if maxfds else (sock.recv(8), [], 0, None)
+    if not head:
+        raise EOFError
+    buf = bytearray(head)
+    while len(buf) < 8:
+        chunk = sock.recv(8 - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    (n,) = struct.unpack("!Q", bytes(buf))
+    body = bytearray()
+    while len(body) < n:
+        chunk = sock.recv(min(1 << 20, n - len(body)))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return json.loads(bytes(body)), list(fds)
+
+
+def _no_processes_but_mine(me: int) -> bool:
+    return all(not p.isdigit() or int(p) in (1, me) for p in os.listdir("/proc"))
+
+
+def _reset(home: str) -> str:
+    """Put the sandbox back as the zygote found it: no process but itself, empty home, /tmp and /dev/shm with their
+    modes, no System V IPC object. Returns why it could not ("": done); the sandbox is then retired."""
+    import signal
+    import subprocess
+
+    me = os.getpid()
+    for _ in range(1000):  # every process the worker left (they run as this user; setuid is off in the sandbox)
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        if _no_processes_but_mine(me):
+            break
+        time.sleep(0.005)
+    else:
+        return "processes the worker started could not be stopped"
+    for folder in (home,) + WRITABLE:
+        try:
+            if os.stat(folder).st_mode & 0o7777 != 0o1777:
+                os.chmod(folder, 0o1777)
+            entries = [os.path.join(folder, e) for e in os.listdir(folder)]
+            if entries:  # GNU tools: any depth, any modes the worker left
+                subprocess.run(["chmod", "-R", "u+rwx", "--"] + entries, stdin=subprocess.DEVNULL, capture_output=True)
+                subprocess.run(["rm", "-rf", "--"] + entries, stdin=subprocess.DEVNULL, capture_output=True)
+            if os.listdir(folder) or os.stat(folder).st_mode & 0o7777 != 0o1777:
+                return f"{folder} could not be emptied"
+        except OSError as e:
+            return f"{folder}: {e}"
+    ipc = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
+
+    def ipc_objects() -> int:
+        try:
+            return sum(len(open(f).read().splitlines()) - 1 for f in ipc if os.path.exists(f))
+        except OSError:
+            return -1
+
+    if ipc_objects():
+        subprocess.run(["ipcrm", "--all"], stdin=subprocess.DEVNULL, capture_output=True)
+        if ipc_objects():
+            return "System V IPC objects could not be removed"
+    if not _no_processes_but_mine(me):
+        return "a process started while the sandbox was emptied"
+    return ""
+
+
+def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
+    """In a worker forked by the zygote: its own session, output to its log, its home, then the worker's loop."""
+    code = 1
+    try:
+        control.close()
+        os.setsid()
+        _prctl(PR_SET_DUMPABLE, 1)  # a process like any other (the zygote is not)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(null)
+        os.close(log_fd)
+        os.chdir(os.environ["HOME"])
+        sys.path[0] = os.getcwd()  # as in Jupyter: the notebook's folder first, so the student's own modules import
+        sys.argv = ["notebook"]
+        import torch
+
+        torch.manual_seed(0)
+        Worker(socket.socket(fileno=student_fd)).run()  # its first request brings the submission (op_files)
+        code = 0
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def zygote(fd: int) -> None:
+    """The warm sandbox's first process: imports, then one forked worker per ``fork`` request, each followed by ``_reset``.
+
+    Messages on ``fd`` (length-prefixed JSON): in ``{"imports": [...]}`` first (import statements of the
+    assignment's released set-up cells); out ``{"ready": n}``; in ``{"op": "fork"}`` with the student's socket and
+    the log's descriptor; out ``{"pid": p}``, ``{"exit": code}``, then ``{"ready": n}`` or ``{"retired": why}``
+    (and it exits). ``{"op": "ping", "n": k}`` between workers is answered ``{"pong": k}``.
+    """
+    import gc
+    import resource
+
+    control = socket.socket(fileno=fd)
+    if (os.getpid(), os.getppid()) != (2, 1):  # the first process of its own PID namespace, or it must not run: _reset kills
+        _send_msg(control, {"retired": "the warm sandbox runs only as the first process of a bubblewrap sandbox"})
+        return
+    msg, _ = _recv_msg(control)
+    os.environ.setdefault("PLOTLY_RENDERER", "json")
+    import torch  # noqa: F401
+    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401
+
+    try:
+        from ioi_anomalies import grading  # noqa: F401
+    except Exception:  # noqa: BLE001 - each worker tries again, as a fresh one would
+        pass
+    for statement in msg.get("imports", []):
+        try:
+            exec(compile(statement, "<worker imports>", "exec"), {"__name__": "__worker_imports__"})
+        except Exception:  # noqa: BLE001 - the notebook imports it again and fails there, as in a fresh process
+            pass
+    gc.collect()
+    gc.freeze()  # the workers' collections leave the zygote's objects alone (and their pages shared)
+    _prctl(PR_SET_DUMPABLE, 0)  # a worker cannot read or trace the zygote
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))  # no POSIX message queue outlives a worker
+    home = os.environ["HOME"]
+    served = 0
+    _send_msg(control, {"ready": served})
+    while True:
+        try:
+            msg, fds = _recv_msg(control, 2)
+        except (EOFError, OSError):
+            return
+        if msg.get("op") == "ping":
+            for f in fds:
+                os.close(f)
+            _send_msg(control, {"pong": msg.get("n")})
+            continue
+        if msg.get("op") != "fork" or len(fds) != 2:
+            for f in fds:
+                os.close(f)
+            _send_msg(control, {"retired": "a request the zygote does not know"})
+            return
+        pid = os.fork()
+        if pid == 0:
+            _warm_child(control, *fds)
+        for f in fds:
+            os.close(f)
+        _send_msg(control, {"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _send_msg(control, {"exit": os.waitstatus_to_exitcode(status)})
+        why = _reset(home)
+        if why:
+            _send_msg(control, {"retired": why})
+            return
+        served += 1
+        _send_msg(control, {"ready": served})
+
+
 def main() -> None:
+    if sys.argv[1] == "--zygote":
+        return zygote(int(sys.argv[2]))
     fd = int(sys.argv[1])
     if len(sys.argv) > 2:
         _copy_submission(sys.argv[2])

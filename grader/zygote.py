@@ -16,6 +16,9 @@ process, with its own namespaces, its own copy of every module, and no hooks (th
 model: the zygote never loads one). Nothing from a student ever runs in the zygote: its children talk to the sandboxed
 worker; the zygote only forks and reaps.
 
+It also lends each judge a warm sandbox for the student's side (``Sandboxes``; ``grader/sandbox.py``): started by
+the zygote, lent to one judge at a time, taken back once it says it is ready again, retired otherwise.
+
 The zygote lives as long as the process that uses it (``zygote_for``), which talks to it over a
 socket of its own: when that process dies the zygote reads the end of the socket, kills its
 children and exits; its children die with it (``PR_SET_PDEATHSIG``). If it is lost, the
@@ -37,6 +40,7 @@ import time
 from pathlib import Path
 
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
+WARM_SANDBOX_ENV = "IOI_GRADER_WARM_SANDBOX"  # off: every worker in a fresh sandbox (the warm judge stays on)
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
 RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
 # What every judge imports, whatever it grades: the grader, torch (it reads the worker's replies with
@@ -52,16 +56,17 @@ class ZygoteGone(RuntimeError):
     """The warm judge is not there (it died, or could not start): grade in a fresh process instead."""
 
 
-def judge_imports(sources) -> list[str]:
+def judge_imports(sources, kinds=("setup", "test")) -> list[str]:
     """The import statements of the cells a judge runs itself (locked set-up cells and tests, hidden parts
     included) in these assignments' sources, each once, as source text: what a zygote imports before it
-    forks their judges. Instructor code only; a cell that does not parse (an IPython magic) is skipped."""
+    forks their judges. Instructor code only; a cell that does not parse (an IPython magic) is skipped.
+    ``kinds=("setup",)``: those of the released set-up cells only, what a warm sandbox imports for its workers."""
     import ast
 
     out: list[str] = []
     for source in sources:
         for cell in source.cells:
-            if cell.kind not in ("setup", "test"):
+            if cell.kind not in kinds:
                 continue
             try:
                 body = ast.parse(cell.source).body
@@ -147,8 +152,10 @@ class Zygote:
         for slot in list(self._waiting.values()):  # whoever waits learns that the zygote is gone
             slot["event"].set()
 
-    def run(self, argv: list[str], env: dict, memory_bytes: int, stderr_path: Path, timeout: float, entry: str = "grade") -> int:
+    def run(self, argv: list[str], env: dict, memory_bytes: int, stderr_path: Path, timeout: float, entry: str = "grade",
+            sandbox: dict | None = None) -> int:
         """Grade in a forked child: its exit status (negative: the signal); ``subprocess.TimeoutExpired`` past ``timeout``.
+        ``sandbox`` ({"cfg": JSON, "imports": [...]}): lend the child a warm sandbox for its worker (``Sandboxes``).
 
         Raises :class:`ZygoteGone` when the zygote is lost before the child finished (nothing was recorded).
         """
@@ -162,7 +169,7 @@ class Zygote:
         try:
             try:
                 self._send({"op": "run", "id": rid, "argv": argv, "env": env, "memory": memory_bytes, "stderr": str(stderr_path),
-                            "entry": entry})
+                            "entry": entry, "sandbox": sandbox})
             except OSError as e:
                 raise ZygoteGone(f"the warm judge cannot be reached ({e})") from e
             if not slot["event"].wait(timeout):
@@ -297,11 +304,86 @@ def probe(argv: list[str]) -> int:
 ENTRIES = {"grade": _grade, "probe": lambda: probe}
 
 
-def _child(sock: socket.socket, msg: dict) -> None:
+class Sandboxes:
+    """The warm sandboxes this warm judge lends its judges (``grader.sandbox.WarmSandbox``): one per judge at a time,
+    back to the idle ones once it has said it is ready again, retired when it does not."""
+
+    MAX_IDLE = 4  # idle sandboxes kept, the most recently used first (each holds its imports in memory)
+    RETURN_S = 60.0  # a sandbox that is not ready this long after its judge ended is retired
+
+    def __init__(self):
+        self.idle: list = []  # oldest first
+        self.lent: dict[int, object] = {}  # judge's pid -> sandbox
+        self.returning: list = []
+
+    def all(self) -> list:
+        return self.idle + list(self.lent.values()) + self.returning
+
+    def lend(self, want: dict | None):
+        """A ready (or starting) sandbox for a judge grading with ``want`` ({"cfg": JSON, "imports": [...]}), or None."""
+        if not want or not enabled() or os.environ.get(WARM_SANDBOX_ENV, "").lower() in ("off", "0", "no", "false"):
+            return None
+        from .config import config_from_json
+        from .sandbox import WarmSandbox, warm_key
+
+        try:
+            cfg = config_from_json(want["cfg"])
+            if cfg.sandbox == "none":
+                return None
+            key = warm_key(cfg, want.get("imports", []))
+            for sb in reversed(self.idle):
+                if sb.key == key:
+                    self.idle.remove(sb)
+                    if sb.alive:
+                        return sb
+                    sb.close()
+            return WarmSandbox(cfg, list(want.get("imports", [])))
+        except Exception as e:  # noqa: BLE001 - no warm sandbox: the judge starts a fresh worker
+            print(f"warm judge: no warm sandbox ({type(e).__name__}: {e})", file=sys.stderr)
+            return None
+
+    def ended(self, pid: int) -> None:
+        """The judge ``pid`` ended: ask its sandbox whether it is ready again."""
+        sb = self.lent.pop(pid, None)
+        if sb is not None:
+            sb.ping()
+            self.returning.append(sb)
+
+    def check(self, readable=()) -> None:
+        """Sandboxes that answered (``readable``) or waited too long go back to the idle ones or are retired."""
+        now = time.monotonic()
+        for sb in list(self.returning):
+            back = sb.returned(0) if sb in readable or not sb.alive else None
+            if back is None and now - sb._ping_sent > self.RETURN_S:
+                back = False
+            if back is None:
+                continue
+            self.returning.remove(sb)
+            if back:
+                self.idle.append(sb)
+                while len(self.idle) > self.MAX_IDLE:
+                    self.idle.pop(0).close()
+            else:
+                sb.close()
+
+    def close(self) -> None:
+        for sb in self.all():
+            sb.close()
+        self.idle, self.lent, self.returning = [], {}, []
+
+
+def _child(sock: socket.socket, msg: dict, sandboxes: Sandboxes | None = None, lent=None) -> None:
     """In the forked child: the judge's limits and environment, then grading as ``python -m grader.autograde``; never returns."""
     code = 1
     try:
         sock.close()
+        if sandboxes is not None:
+            from . import sandbox
+
+            for sb in sandboxes.all():  # the other judges' sandboxes are theirs
+                if sb is not lent:
+                    sb.forget()
+            sandbox.LENT = lent
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -346,6 +428,7 @@ def serve(fd: int, warm: bool = True) -> None:
         step()
     children: dict[int, int] = {}  # pid -> request id
     ids: dict[int, int] = {}  # request id -> pid
+    sandboxes = Sandboxes()
     buf = b""
 
     def reply(msg: dict) -> None:
@@ -362,6 +445,7 @@ def serve(fd: int, warm: bool = True) -> None:
                 return
             if pid == 0:
                 return
+            sandboxes.ended(pid)
             rid = children.pop(pid, None)
             if rid is not None:
                 ids.pop(rid, None)
@@ -369,13 +453,14 @@ def serve(fd: int, warm: bool = True) -> None:
 
     try:
         while True:
-            ready, _, _ = select.select([sock], [], [], 0.05)
-            if ready:
+            ready, _, _ = select.select([sock] + sandboxes.returning, [], [], 0.05)
+            if sock in ready:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
                 buf += chunk
             reap()
+            sandboxes.check(ready)
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 msg = json.loads(line)
@@ -390,15 +475,21 @@ def serve(fd: int, warm: bool = True) -> None:
                     if pid is not None:
                         os.kill(pid, signal.SIGKILL)
                     continue
+                lent = sandboxes.lend(msg.get("sandbox"))
                 try:
                     pid = os.fork()
                 except OSError as e:
+                    if lent is not None:
+                        lent.close()
                     reply({"id": msg["id"], "error": f"the warm judge could not fork ({e})"})
                     continue
                 if pid == 0:
-                    _child(sock, msg)
+                    _child(sock, msg, sandboxes, lent)
                 children[pid], ids[msg["id"]] = msg["id"], pid
+                if lent is not None:
+                    sandboxes.lent[pid] = lent
     finally:
+        sandboxes.close()
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -184,3 +184,41 @@ def test_nbgraders_one_submission_at_a_time_still_warms_the_judge_with_its_assig
     monkeypatch.setattr(ag, "run_child", lambda cfg, s, a: SubmissionResult(student=s, assignment=a, status=Status.GRADED))
     assert ag.verdict(cfg, "s", A).status == Status.GRADED
     assert asked and "from ioi_anomalies.checks import check_close" in asked[0]
+
+
+def test_a_warm_sandbox_imports_only_what_the_released_set_up_cells_import(tmp_path):
+    """What the sandbox's zygote imports for its workers: never a hidden test's import (``grader.hidden`` here)."""
+    from grader.intake import Source
+    from test_grader import source_notebook
+
+    import nbformat
+
+    nbformat.write(source_notebook(), tmp_path / "toy.ipynb")
+    assert zygote.judge_imports([Source.load(tmp_path / "toy.ipynb")], kinds=("setup",)) == [
+        "import torch", "from ioi_anomalies.checks import check_close"]
+
+
+def test_the_warm_sandbox_zygote_refuses_to_run_outside_its_own_sandbox(tmp_path):
+    """Between workers it kills every process it may (``kill(-1)``): started anywhere but as the first process of a
+    sandbox's PID namespace, it says so and exits before it imports or forks anything."""
+    import socket
+    import subprocess
+    import sys
+
+    from grader.config import ROOT
+    from grader.worker import _recv_msg, _send_msg
+
+    ours, theirs = socket.socketpair()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "grader" / "worker.py"), "--zygote", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),))
+        theirs.close()
+        _send_msg(ours, {"imports": []})
+        msg, _ = _recv_msg(ours)
+        assert proc.wait(timeout=30) == 0
+        assert "retired" in msg and "first process" in msg["retired"], msg
+        assert bystander.poll() is None, "nothing else was touched"
+    finally:
+        bystander.kill()
+        ours.close()

@@ -1,0 +1,92 @@
+"""Warm sandboxes (grader/sandbox.py, grader/worker.py's zygote): one sandbox serves a job's submissions one
+after another, and no submission can see, keep or change anything of the one before it.
+
+Graded with one job, so every student below goes through the same sandbox, in name order. Each
+student after the first answers correctly only if it ran in a warm sandbox (its parent is the
+sandbox's zygote, pid 2) and found nothing left by the ones before it: a leak shows as a lost point.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from test_grader import A, extra, make_course, replace, submit, variant
+from grader.autograde import autograde
+
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)"),
+              pytest.mark.slow]
+
+# Everything a submission could leave behind for the next one, left behind.
+LEAVE = r"""
+import os, subprocess, sys
+for folder in ("/tmp", os.path.expanduser("~"), "/dev/shm"):
+    with open(os.path.join(folder, "left.txt"), "w") as f:
+        f.write("notes of the student before")
+    locked = os.path.join(folder, "locked", "deeper")
+    os.makedirs(locked)
+    open(os.path.join(locked, "inside.txt"), "w").write("x")
+    os.chmod(os.path.join(folder, "locked"), 0)
+os.makedirs(os.path.expanduser("~/.ipython"), exist_ok=True)  # IPython's own folder, which the next shell makes again
+open(os.path.expanduser("~/.ipython/left.txt"), "w").write("x")
+subprocess.Popen(["sleep", "600"], start_new_session=True)
+subprocess.Popen([sys.executable, "-c", "import time\nwhile True:\n    open('/tmp/late.txt', 'w').write('x'); time.sleep(0.05)"],
+                 start_new_session=True)
+subprocess.run(["ipcmk", "--shmem", "4096"], capture_output=True)
+subprocess.run(["ipcmk", "--queue"], capture_output=True)
+try:
+    os.chmod("/tmp", 0o700)
+except OSError:
+    pass
+"""
+
+# What the next one looks for; `clean` is True only in a warm sandbox with nothing of the one before.
+LOOK = r"""
+import os
+mine = {"toy.ipynb", ".ipython"}  # the submission, and what this worker's IPython made
+me, zygote = os.getpid(), os.getppid()
+leftovers = [p for p in ("/tmp", "/dev/shm") if os.listdir(p)] + [f for f in os.listdir(os.path.expanduser("~")) if f not in mine]
+leftovers += [f for _, _, files in os.walk(os.path.expanduser("~/.ipython")) for f in files if f == "left.txt"]
+others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me, zygote)]
+ipc = sum(len(open(f"/proc/sysvipc/{k}").read().splitlines()) - 1 for k in ("shm", "sem", "msg"))
+try:
+    open(f"/proc/{zygote}/environ").read()
+    zygote_readable = True
+except OSError:
+    zygote_readable = False
+warm = zygote == 2
+clean = warm and not leftovers and not others and not ipc and not zygote_readable and os.stat("/tmp").st_mode & 0o7777 == 0o1777
+print("warm", warm, "leftovers", leftovers, "others", others, "ipc", ipc, "zygote readable", zygote_readable)
+"""
+
+ANSWER_IF_CLEAN = "def double(x):\n    return 2 * x if clean else x"
+
+
+def test_a_warm_sandbox_gives_each_submission_a_clean_sandbox(tmp_path):
+    cfg = make_course(tmp_path, wall_time_s=120, jobs=1)
+    submit(cfg, "a_leaves_everything", variant(extra("setup", LEAVE)), "toy.ipynb")
+    submit(cfg, "b_looks", variant(lambda nb: (extra("setup", LOOK)(nb), replace("double", ANSWER_IF_CLEAN)(nb))), "toy.ipynb")
+    submit(cfg, "c_leaves_again", variant(extra("setup", LEAVE)), "toy.ipynb")
+    submit(cfg, "d_looks", variant(lambda nb: (extra("setup", LOOK)(nb), replace("double", ANSWER_IF_CLEAN)(nb))), "toy.ipynb")
+    results = {r.student: r for r in autograde(cfg, [A], progress=False, record=False)}
+    for student, r in results.items():
+        assert (r.status.value, r.score, r.cell_errors) == ("graded", 3.0, []), (student, r.dumps()[:3000])
+
+
+def test_a_worker_that_kills_or_stops_its_zygote_costs_no_one_else_a_grade(tmp_path):
+    """Killing the zygote ends that student's own sandbox (their worker with it); stopping it makes the judge retire the
+    sandbox. Either way the next student is graded in a new one, in full."""
+    stop = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)"
+    kill = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"
+    cfg = make_course(tmp_path, wall_time_s=120, jobs=1)
+    submit(cfg, "a_kills", variant(extra("setup", kill)), "toy.ipynb")
+    submit(cfg, "b_looks", variant(lambda nb: (extra("setup", LOOK)(nb), replace("double", ANSWER_IF_CLEAN)(nb))), "toy.ipynb")
+    submit(cfg, "c_stops", variant(extra("setup", stop)), "toy.ipynb")
+    submit(cfg, "d_looks", variant(lambda nb: (extra("setup", LOOK)(nb), replace("double", ANSWER_IF_CLEAN)(nb))), "toy.ipynb")
+    results = {r.student: r for r in autograde(cfg, [A], progress=False, record=False)}
+    assert results["a_kills"].status.value == "crashed", results["a_kills"].dumps()[:2000]
+    assert (results["c_stops"].status.value, results["c_stops"].score) == ("graded", 3.0), results["c_stops"].dumps()[:2000]
+    for student in ("b_looks", "d_looks"):
+        r = results[student]
+        assert (r.status.value, r.score, r.cell_errors) == ("graded", 3.0, []), (student, r.dumps()[:3000])
