@@ -204,11 +204,12 @@ class SandboxGone(RuntimeError):
     """The warm sandbox is not there or retired: start a fresh worker instead."""
 
 
-def warm_key(cfg: Config, imports: list[str]) -> str:
-    """Judges share a warm sandbox when their workers would start alike."""
+def warm_key(cfg: Config) -> str:
+    """Judges share a warm sandbox when their workers run in alike sandboxes (whatever the assignment: a worker that
+    needs an import the sandbox has not done yet has it done before it is forked)."""
     import json
 
-    return json.dumps([cfg.model, cfg.memory_gb, cfg.disk_mb, cfg.processes, cfg.sandbox, sorted(cfg.extra_env.items()), list(imports)])
+    return json.dumps([cfg.model, cfg.memory_gb, cfg.disk_mb, cfg.processes, cfg.sandbox, sorted(cfg.extra_env.items())])
 
 
 class WarmSandbox:
@@ -219,7 +220,8 @@ class WarmSandbox:
 
         if cfg.sandbox == "none":
             raise SandboxGone("warm sandboxes need bubblewrap")
-        self.key = warm_key(cfg, imports)
+        self.key = warm_key(cfg)
+        self.imports = list(imports)  # what the next worker's notebook imports in its set-up (``lend`` sets it per judge)
         self.dir = Path(tempfile.mkdtemp(prefix="ioi-warm-"))
         os.chmod(self.dir, 0o755)
         shutil.copy(ROOT / "grader" / "worker.py", self.dir / "worker.py")
@@ -304,14 +306,17 @@ class WarmSandbox:
 
     # ---- for the judge
     def start_worker(self, log: Path, timeout: float) -> tuple["WarmWorker", socket.socket]:
-        """A fresh worker forked in this sandbox; its first request must be ``files`` (the submission)."""
+        """A fresh worker forked in this sandbox, after the zygote has run any of ``imports`` it had not; its first
+        request must be ``files`` (the submission)."""
+        import json
+
         if not self.ready:
             self._next("ready", timeout)
         self.ready = False
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            data = b'{"op": "fork"}'
+            data = json.dumps({"op": "fork", "imports": self.imports}).encode()
             socket.send_fds(self.control, [struct.pack("!Q", len(data)) + data], [theirs.fileno(), log_fd])
         except OSError as e:
             ours.close()

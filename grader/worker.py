@@ -427,8 +427,8 @@ def zygote(fd: int) -> None:
     """The warm sandbox's first process: imports, then one forked worker per ``fork`` request, each followed by ``_reset``.
 
     Messages on ``fd`` (length-prefixed JSON): in ``{"imports": [...]}`` first (import statements of the
-    assignment's released set-up cells); out ``{"ready": n}``; in ``{"op": "fork"}`` with the student's socket and
-    the log's descriptor; out ``{"pid": p}``, ``{"exit": code}``, then ``{"ready": n}`` or ``{"retired": why}``
+    assignment's released set-up cells); out ``{"ready": n}``; in ``{"op": "fork", "imports": [...]}`` with the
+    student's socket and the log's descriptor (the imports not done yet are done before the fork); out ``{"pid": p}``, ``{"exit": code}``, then ``{"ready": n}`` or ``{"retired": why}``
     (and it exits). ``{"op": "ping", "n": k}`` between workers is answered ``{"pong": k}``.
     """
     import gc
@@ -447,13 +447,23 @@ def zygote(fd: int) -> None:
         from ioi_anomalies import grading  # noqa: F401
     except Exception:  # noqa: BLE001 - each worker tries again, as a fresh one would
         pass
-    for statement in msg.get("imports", []):
-        try:
-            exec(compile(statement, "<worker imports>", "exec"), {"__name__": "__worker_imports__"})
-        except Exception:  # noqa: BLE001 - the notebook imports it again and fails there, as in a fresh process
-            pass
-    gc.collect()
-    gc.freeze()  # the workers' collections leave the zygote's objects alone (and their pages shared)
+    done: set[str] = set()
+
+    def run_imports(statements) -> None:
+        """Trusted import statements (the released set-up cells'), each once. Safe at any time: nothing on sys.path
+        is writable in the sandbox (its home has no user site-packages folder when the zygote starts)."""
+        for statement in statements:
+            if statement in done:
+                continue
+            done.add(statement)
+            try:
+                exec(compile(statement, "<worker imports>", "exec"), {"__name__": "__worker_imports__"})
+            except Exception:  # noqa: BLE001 - the notebook imports it again and fails there, as in a fresh process
+                pass
+        gc.collect()
+        gc.freeze()  # the workers' collections leave the zygote's objects alone (and their pages shared)
+
+    run_imports(msg.get("imports", []))
     _prctl(PR_SET_DUMPABLE, 0)  # a worker cannot read or trace the zygote
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))  # no POSIX message queue outlives a worker
     home = os.environ["HOME"]
@@ -474,6 +484,7 @@ def zygote(fd: int) -> None:
                 os.close(f)
             _send_msg(control, {"retired": "a request the zygote does not know"})
             return
+        run_imports(msg.get("imports", []))
         pid = os.fork()
         if pid == 0:
             _warm_child(control, *fds)

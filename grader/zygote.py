@@ -42,7 +42,8 @@ from pathlib import Path
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 WARM_SANDBOX_ENV = "IOI_GRADER_WARM_SANDBOX"  # off: every worker in a fresh sandbox (the warm judge stays on)
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
-RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE",)
+# (pytest names the running test in PYTEST_CURRENT_TEST: tests that grade share their process's zygote)
+RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE", "PYTEST_CURRENT_TEST")
 # What every judge imports, whatever it grades: the grader, torch (it reads the worker's replies with
 # torch.load) and the package's grading protocol. What an assignment's judge runs (its locked cells and
 # tests: the model, the references) is imported per assignment (``judge_imports``, ``Zygote.preload``).
@@ -330,14 +331,15 @@ class Sandboxes:
             cfg = config_from_json(want["cfg"])
             if cfg.sandbox == "none":
                 return None
-            key = warm_key(cfg, want.get("imports", []))
+            key, imports = warm_key(cfg), list(want.get("imports", []))
             for sb in reversed(self.idle):
                 if sb.key == key:
                     self.idle.remove(sb)
                     if sb.alive:
+                        sb.imports = imports
                         return sb
                     sb.close()
-            return WarmSandbox(cfg, list(want.get("imports", [])))
+            return WarmSandbox(cfg, imports)
         except Exception as e:  # noqa: BLE001 - no warm sandbox: the judge starts a fresh worker
             print(f"warm judge: no warm sandbox ({type(e).__name__}: {e})", file=sys.stderr)
             return None
