@@ -40,7 +40,6 @@ from .config import Config
 from .intake import HIDDEN, Plan, defined_names, used_names
 from .sandbox import kill
 from .sandbox import start as start_worker
-from .sandbox import start_worker as start_fresh_worker
 
 _SCALARS = (type(None), bool, int, float, str, complex, bytes)
 
@@ -111,6 +110,7 @@ class Conn:
         self.shared: dict[str, object] = {}
         self.shared_ids: dict[int, str] = {}
         self.recipes_sent: set[tuple] = set()
+        self.unanswered = 0
 
     # objects the judge made with trusted code, known to the worker by the same name
     def share(self, name: str, obj) -> None:
@@ -151,7 +151,14 @@ class Conn:
         self._io(lambda: self.sock.sendall(struct.pack("!Q", len(data)) + data))
 
     def recv(self) -> dict:
-        """One reply, checked: a dict whose known fields have the right types (else ``crashed``)."""
+        """One reply, checked: a dict whose known fields have the right types (else ``crashed``). Replies to requests
+        sent without waiting (``unanswered``: a warm worker's files) are read first."""
+        while self.unanswered:
+            self.unanswered -= 1
+            self._recv()
+        return self._recv()
+
+    def _recv(self) -> dict:
         import torch
 
         (n,) = struct.unpack("!Q", self._read(8))
@@ -531,14 +538,7 @@ class Judge:
         status, reason, log_tail = "graded", [], ""
         t = time.monotonic()
         # first: the worker boots (or is forked in the warm sandbox lent to this judge) while this judge imports torch
-        proc, sock, files = start_worker(self.workdir, cfg, log, max(1.0, deadline - time.monotonic()))
-        if files is not None:  # a warm sandbox's worker: the submission comes first, over its socket
-            try:
-                Conn(proc, sock, deadline, log).ask("files", files=files)
-            except (WorkerGone, RemoteError):  # the warm sandbox failed, not the student: a fresh worker instead
-                sock.close()
-                kill(proc)
-                proc, sock = start_fresh_worker(self.workdir, cfg, log)
+        proc, sock, files = start_worker(self.workdir, cfg, log)
         self.timings["worker_start_s"] = time.monotonic() - t
         import torch
 
@@ -551,6 +551,9 @@ class Judge:
         _arm_wall_clock(deadline)
         bye = False
         try:
+            if files is not None:  # a warm sandbox's worker: the submission first, answered before the first cell's reply
+                conn.send("files", files=files)
+                conn.unanswered += 1
             for i, step in enumerate(plan.steps):
                 if step.kind == "trusted":
                     share = sorted(defined_names(step.code)) if i in needed else []
@@ -596,6 +599,9 @@ class Judge:
             _disarm_wall_clock()
             status = e.status if isinstance(e, WorkerGone) else "grader_error"
             e.reason = getattr(e, "reason", str(e))
+            if isinstance(e, WorkerGone) and getattr(proc, "never_started", lambda: False)():
+                status = "grader_error"
+                e.reason = "the grader's warm sandbox failed before it started the student's process; it is not the student's fault: re-run autograde"
             reason = [e.reason]
             log_tail = getattr(e, "log_tail", "")
             for step in plan.steps:

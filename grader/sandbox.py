@@ -193,8 +193,12 @@ def start_worker(workdir: Path, cfg: Config, log: Path) -> tuple[subprocess.Pope
 # sandbox when it cannot. It never reads a submission: the worker gets its files from its judge
 # over its own socket, after the fork. It cannot be read or traced by a worker (not dumpable), runs
 # only as the first process of the sandbox's PID namespace, and creates no POSIX message queue.
-# A judge whose worker runs past its time, or does not end after "bye", kills the whole sandbox, as
-# it would a fresh worker's; the next submission gets a new one. ``IOI_GRADER_WARM_JUDGE=off``
+# The judge does not wait for a sandbox that is still starting: its request for a worker waits in
+# the sandbox's socket, its files in the worker's, and the judge goes on with its own locked cells
+# meanwhile (as a fresh worker boots beside it). A sandbox that ends before it forks the worker is
+# the grader's failure (``grader_error``), never the student's. A judge whose worker runs past its
+# time, or does not end after "bye", kills the whole sandbox, as it would a fresh worker's; the
+# next submission gets a new one. ``IOI_GRADER_WARM_JUDGE=off``
 # turns warm sandboxes off with the warm judge (grader/zygote.py owns them and lends one per judge).
 
 LENT: "WarmSandbox | None" = None  # in a judge forked by the warm judge: the sandbox lent to it
@@ -239,6 +243,7 @@ class WarmSandbox:
         self.ready = False
         self.retired = ""
         self._buf = b""
+        self.forked_pid: int | None = None  # the last worker's, once the zygote has said it forked it
         self._pinged: int | None = None
         self._ping_sent = 0.0
         _send_msg(ours, {"imports": list(imports)})
@@ -285,6 +290,8 @@ class WarmSandbox:
                 msg, self._buf = json.loads(self._buf[8 : 8 + n]), self._buf[8 + n :]
                 if "retired" in msg:
                     self.retire(str(msg["retired"]))
+                if "pid" in msg:
+                    self.forked_pid = msg["pid"]
                 out.append(msg)
             if end is not None and time.monotonic() >= end:
                 return out
@@ -305,14 +312,14 @@ class WarmSandbox:
                 raise SandboxGone(f"the warm sandbox did not answer in {timeout:.0f} s")
 
     # ---- for the judge
-    def start_worker(self, log: Path, timeout: float) -> tuple["WarmWorker", socket.socket]:
+    def start_worker(self, log: Path) -> tuple["WarmWorker", socket.socket]:
         """A fresh worker forked in this sandbox, after the zygote has run any of ``imports`` it had not; its first
-        request must be ``files`` (the submission)."""
+        request must be ``files`` (the submission). Returns at once: a sandbox still starting forks the worker once
+        its imports are done, while the judge goes on with its own work (as a fresh worker boots beside it)."""
         import json
 
-        if not self.ready:
-            self._next("ready", timeout)
         self.ready = False
+        self.forked_pid = None
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -324,8 +331,7 @@ class WarmSandbox:
         finally:
             theirs.close()
             os.close(log_fd)
-        pid = self._next("pid", 30)["pid"]
-        return WarmWorker(self, pid), ours
+        return WarmWorker(self), ours
 
     # ---- for the warm judge that lends it
     def ping(self) -> None:
@@ -377,10 +383,13 @@ class WarmSandbox:
 class WarmWorker:
     """A worker forked in a warm sandbox, seen as ``subprocess.Popen`` is by the judge: ``poll``, ``wait``, ``returncode``."""
 
-    needs_files = True
+    def __init__(self, sandbox: WarmSandbox):
+        self.sandbox, self.returncode = sandbox, None
 
-    def __init__(self, sandbox: WarmSandbox, pid: int):
-        self.sandbox, self.pid, self.returncode = sandbox, pid, None
+    def never_started(self) -> bool:
+        """True when the sandbox ended before it forked this worker: the grader's failure, not the submission's."""
+        self.poll()
+        return self.sandbox.forked_pid is None and not self.sandbox.alive
 
     def _read(self, timeout: float) -> None:
         try:
@@ -417,13 +426,13 @@ def submission_files(workdir: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def start(workdir: Path, cfg: Config, log: Path, timeout: float):
+def start(workdir: Path, cfg: Config, log: Path):
     """A worker for one submission: forked in the sandbox lent to this judge, if any, else started fresh (``start_worker``).
     Returns (process, socket, files): ``files`` is what to send as the worker's first request (None: it copied them itself)."""
     global LENT
     if LENT is not None and LENT.alive and cfg.sandbox != "none":
         try:
-            proc, sock = LENT.start_worker(log, timeout)
+            proc, sock = LENT.start_worker(log)
             return proc, sock, submission_files(workdir)
         except SandboxGone:
             LENT.retire("it failed to start a worker")

@@ -90,3 +90,32 @@ def test_a_worker_that_kills_or_stops_its_zygote_costs_no_one_else_a_grade(tmp_p
     for student in ("b_looks", "d_looks"):
         r = results[student]
         assert (r.status.value, r.score, r.cell_errors) == ("graded", 3.0, []), (student, r.dumps()[:3000])
+
+
+def test_a_sandbox_that_fails_before_its_worker_starts_is_the_graders_failure(tmp_path):
+    """A zygote that cannot import torch (here: too little memory) ends before it forks: the judge learns that the
+    worker never started (``never_started``), which it reports as the grader's error, not the student's crash."""
+    import time
+
+    from grader.config import Config
+    from grader.sandbox import WarmSandbox
+
+    sb = WarmSandbox(Config(memory_gb=0.25), ["import torch"])
+    try:
+        worker, sock = sb.start_worker(tmp_path / "worker.log")
+        end = time.monotonic() + 60
+        while not worker.never_started() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert worker.never_started() and worker.poll() is not None
+        assert sock.recv(1) == b"", "the student's socket ends with the sandbox"
+        sock.close()
+    finally:
+        sb.close()
+
+    ok = WarmSandbox(Config(), ["import json"])
+    try:
+        worker, sock = ok.start_worker(tmp_path / "worker2.log")
+        sock.close()  # the worker reads the end of its socket and exits
+        assert worker.wait(timeout=60) == 0 and not worker.never_started()
+    finally:
+        ok.close()
