@@ -213,7 +213,8 @@ def warm_key(cfg: Config) -> str:
     needs an import the sandbox has not done yet has it done before it is forked)."""
     import json
 
-    return json.dumps([cfg.model, cfg.memory_gb, cfg.disk_mb, cfg.processes, cfg.sandbox, sorted(cfg.extra_env.items())])
+    return json.dumps([cfg.model, float(cfg.memory_gb), int(cfg.disk_mb), int(cfg.processes), cfg.sandbox,
+                       sorted((str(k), str(v)) for k, v in cfg.extra_env.items())])
 
 
 class WarmSandbox:

@@ -222,3 +222,14 @@ def test_the_warm_sandbox_zygote_refuses_to_run_outside_its_own_sandbox(tmp_path
     finally:
         bystander.kill()
         ours.close()
+
+
+def test_configurations_that_start_alike_sandboxes_share_a_warm_one():
+    """6 GB written as 6 (grader_config.toml) or 6.0 (the default) is one sandbox; another disk size or environment is not."""
+    from grader.sandbox import warm_key
+
+    assert warm_key(Config(memory_gb=6, disk_mb=1024)) == warm_key(Config(memory_gb=6.0, disk_mb=1024.0))
+    assert warm_key(Config(wall_time_s=5, jobs=3, judge_memory_gb=2)) == warm_key(Config())
+    assert warm_key(Config(disk_mb=64)) != warm_key(Config())
+    assert warm_key(Config(extra_env={"A": "1"})) != warm_key(Config())
+    assert warm_key(Config(model="gpt2-small")) != warm_key(Config())
