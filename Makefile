@@ -58,9 +58,10 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m tools.bench
 	HF_HUB_OFFLINE=1 $(PY) -m grader.bench $(BENCH_ARGS)
 
-# One full submission (plain nbgrader vs the project's grader, cold and warm reference cache), then N submissions on 1 vs 2 workers.
+# One full submission (plain nbgrader vs the project's grader, cold and warm reference cache), then N submissions on 1 vs 2 workers,
+# then fresh vs warm sandboxes.
 bench-grader: setup
-	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only one --only jobs $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m grader.bench --only one --only jobs --only warm $(BENCH_ARGS)
 
 # The same submissions graded locally (JOBS=2) and on a 2-worker Dask LocalCluster (BENCH_ARGS="--n 4": a short run).
 bench-cluster: setup

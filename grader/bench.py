@@ -12,6 +12,8 @@
 - ``autograde_cluster``: the same N submissions graded locally with 2 workers (baseline) and on a
   Dask ``LocalCluster`` of 2 single-threaded worker processes (``--cluster local:2``, its start
   included), with the same scores;
+- ``autograde_warm_sandboxes``: the same N submissions graded with 2 workers, every worker in a fresh
+  sandbox (``IOI_GRADER_WARM_SANDBOX=off``, baseline) and forked in warm sandboxes, with the same scores;
 - ``autograde_gpt2_shape``: each graded notebook's solution graded with ``model = "gpt2-small"`` on
   a GPT-2-small-shaped stand-in (random weights in the hub's cache layout under a temporary
   ``HF_HOME``: no download), one line per notebook with its time, score and the judge's peak memory.
@@ -20,7 +22,7 @@ Every run starts from an empty reference cache of its own (``IOI_GRADER_REFERENC
 the jobs of that run share. ``--profile`` adds, per notebook, where one submission's time went (the
 judge's ``timings``: its start, the worker's cells, the judge's locked cells, tests, references).
 
-Run with ``make bench`` (all four), ``make bench-grader`` (the first two) and ``make bench-cluster``
+Run with ``make bench`` (all five), ``make bench-grader`` (the first three) and ``make bench-cluster``
 (the third); ``BENCH_ARGS="--n 4"`` for a short run, ``--only gpt2`` for the GPT-2-small shape.
 """
 
@@ -154,6 +156,22 @@ def bench_jobs(n: int) -> dict:
             "machine": _machine()}
 
 
+def bench_warm(n: int) -> dict:
+    times, scores = {}, {}
+    for how in ("off", "on"):
+        with tempfile.TemporaryDirectory() as tmp, _reference_cache(Path(tmp) / "references"), _env(IOI_GRADER_WARM_SANDBOX=how):
+            cfg = _class(Path(tmp), n).with_(jobs=2)
+            zygote.close_all()  # each run starts its own warm judge, which reads the setting
+            t0 = time.perf_counter()
+            res = autograde(cfg, [ASSIGNMENT], progress=False, record=False)
+            times[how] = time.perf_counter() - t0
+            scores[how] = [(r["status"], r["score"]) for r in res]
+    return {"name": f"autograde_{n}_submissions_warm_sandboxes_vs_fresh", "baseline": "every worker in a fresh sandbox (IOI_GRADER_WARM_SANDBOX=off)",
+            "baseline_s": round(times["off"], 2), "project_s": round(times["on"], 2), "speedup": round(times["off"] / times["on"], 3),
+            "same_scores": scores["off"] == scores["on"], "statuses": sorted({st for st, _ in scores["on"]}), "max_abs_diff": 0.0,
+            "peak_rss_mb": _peak_rss_mb(), "model": load().model, "n_submissions": n, "jobs": 2, "machine": _machine()}
+
+
 def bench_cluster(n: int) -> dict:
     times, scores, problems, rss = {}, {}, {}, []
     for how, cluster in (("local", None), ("cluster", "local:2")):
@@ -230,10 +248,10 @@ def bench_gpt2_shape() -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["one", "jobs", "cluster", "gpt2"], action="append",
-                   help="which benchmark(s): one (a full submission), jobs, cluster, gpt2 (the GPT-2-small shape) "
-                        "(default: all four)")
-    p.add_argument("--n", type=int, default=20, help="submissions for the workers and cluster benchmarks (default 20)")
+    p.add_argument("--only", choices=["one", "jobs", "warm", "cluster", "gpt2"], action="append",
+                   help="which benchmark(s): one (a full submission), jobs, warm (warm sandboxes), cluster, gpt2 (the GPT-2-small shape) "
+                        "(default: all five)")
+    p.add_argument("--n", type=int, default=20, help="submissions for the workers, warm-sandbox and cluster benchmarks (default 20)")
     p.add_argument("--profile", action="store_true", help="add where one submission's time went, per notebook")
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks the project's grader grades at a time in the full-submission benchmark "
@@ -243,11 +261,13 @@ def main(argv=None) -> int:
         p.error("--n must be at least 1")
     if a.jobs is not None and a.jobs < 1:
         p.error("--jobs must be at least 1")
-    which = a.only or ["one", "jobs", "cluster", "gpt2"]
+    which = a.only or ["one", "jobs", "warm", "cluster", "gpt2"]
     if "one" in which:
         bench_full_submission(a.profile, a.jobs)
     if "jobs" in which:
         print(json.dumps(bench_jobs(a.n)), flush=True)
+    if "warm" in which:
+        print(json.dumps(bench_warm(a.n)), flush=True)
     if "cluster" in which:
         print(json.dumps(bench_cluster(a.n)), flush=True)
     if "gpt2" in which:

@@ -241,7 +241,6 @@ class WarmSandbox:
         theirs.close()
         self._owner = os.getpid()
         self.control = ours
-        self.ready = False
         self.retired = ""
         self._buf = b""
         self.forked_pid: int | None = None  # the last worker's, once the zygote has said it forked it
@@ -305,8 +304,6 @@ class WarmSandbox:
             for msg in self._messages(max(0.0, end - time.monotonic())):
                 if key in msg:
                     return msg
-                if key != "ready" and "ready" in msg:
-                    self.ready = True
             if not self.alive:
                 raise SandboxGone(self.retired or "the warm sandbox ended")
             if time.monotonic() >= end:
@@ -319,7 +316,6 @@ class WarmSandbox:
         its imports are done, while the judge goes on with its own work (as a fresh worker boots beside it)."""
         import json
 
-        self.ready = False
         self.forked_pid = None
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -341,7 +337,6 @@ class WarmSandbox:
 
         self._pinged = (self._pinged or 0) + 1
         self._ping_sent = time.monotonic()
-        self.ready = False
         try:
             _send_msg(self.control, {"op": "ping", "n": self._pinged})
         except OSError:
@@ -351,7 +346,6 @@ class WarmSandbox:
         """True: back and ready for another judge; False: retired; None: not yet (a worker still runs or it resets)."""
         for msg in self._messages(timeout):
             if msg.get("pong") == self._pinged:
-                self.ready = True
                 return True
         if not self.alive:
             return False
@@ -360,7 +354,6 @@ class WarmSandbox:
     def retire(self, why: str = "retired") -> None:
         """Stop the sandbox and every process in it."""
         self.retired = self.retired or why
-        self.ready = False
         try:
             os.killpg(self.proc.pid, 9)
         except (ProcessLookupError, PermissionError):
@@ -430,7 +423,6 @@ def submission_files(workdir: Path) -> list[tuple[str, bytes]]:
 def start(workdir: Path, cfg: Config, log: Path):
     """A worker for one submission: forked in the sandbox lent to this judge, if any, else started fresh (``start_worker``).
     Returns (process, socket, files): ``files`` is what to send as the worker's first request (None: it copied them itself)."""
-    global LENT
     if LENT is not None and LENT.alive and cfg.sandbox != "none":
         try:
             proc, sock = LENT.start_worker(log)

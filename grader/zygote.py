@@ -355,7 +355,10 @@ class Sandboxes:
         """Sandboxes that answered (``readable``) or waited too long go back to the idle ones or are retired."""
         now = time.monotonic()
         for sb in list(self.returning):
-            back = sb.returned(0) if sb in readable or not sb.alive else None
+            try:
+                back = sb.returned(0) if sb in readable or not sb.alive else None
+            except Exception:  # noqa: BLE001 - an answer it cannot read: retired, never a reason for this process to end
+                back = False
             if back is None and now - sb._ping_sent > self.RETURN_S:
                 back = False
             if back is None:
