@@ -233,17 +233,23 @@ class WarmSandbox:
         os.chmod(self.dir / "worker.py", 0o644)
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
-        cmd, env = _sandbox_command(cfg, [(self.dir, WORKER_DIR)], [sys.executable, str(WORKER_DIR / "worker.py"), "--zygote", str(fd)])
+        host_ns = str(os.stat("/proc/self/ns/pid").st_ino)
+        cmd, env = _sandbox_command(cfg, [(self.dir, WORKER_DIR)], [sys.executable, str(WORKER_DIR / "worker.py"), "--zygote", str(fd), host_ns])
         self.log = Path(f"{self.dir}.log")  # the zygote's own output (an import that failed); each worker has its own log
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.dir, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limits(cfg))
         theirs.close()
         self._owner = os.getpid()
+        try:  # signals reach this bwrap process, never another that gets its pid once it is reaped
+            self._pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
         self.control = ours
         self.retired = ""
         self._buf = b""
         self.forked_pid: int | None = None  # the last worker's, once the zygote has said it forked it
+        self.forking = False  # the zygote has said it is forking the worker asked for last
         self._pinged: int | None = None
         self._ping_sent = 0.0
         _send_msg(ours, {"imports": list(imports)})
@@ -292,6 +298,8 @@ class WarmSandbox:
                     self.retire(str(msg["retired"]))
                 if "pid" in msg:
                     self.forked_pid = msg["pid"]
+                if "forking" in msg:
+                    self.forking = True
                 out.append(msg)
             if end is not None and time.monotonic() >= end:
                 return out
@@ -316,7 +324,7 @@ class WarmSandbox:
         its imports are done, while the judge goes on with its own work (as a fresh worker boots beside it)."""
         import json
 
-        self.forked_pid = None
+        self.forked_pid, self.forking = None, False
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -352,11 +360,16 @@ class WarmSandbox:
         return None
 
     def retire(self, why: str = "retired") -> None:
-        """Stop the sandbox and every process in it."""
+        """Stop the sandbox and every process in it (bubblewrap's processes inside die with the one outside)."""
+        import signal
+
         self.retired = self.retired or why
         try:
-            os.killpg(self.proc.pid, 9)
-        except (ProcessLookupError, PermissionError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif os.getpid() == self._owner and self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
             pass
 
     def close(self) -> None:
@@ -366,12 +379,18 @@ class WarmSandbox:
         except (subprocess.TimeoutExpired, ChildProcessError):
             pass
         self.control.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         shutil.rmtree(self.dir, ignore_errors=True)
         self.log.unlink(missing_ok=True)
 
     def forget(self) -> None:
         """In a forked judge: drop this process's copy of a sandbox lent to another judge (closes nothing of theirs)."""
         self.control.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 class WarmWorker:
@@ -381,9 +400,10 @@ class WarmWorker:
         self.sandbox, self.returncode = sandbox, None
 
     def never_started(self) -> bool:
-        """True when the sandbox ended before it forked this worker: the grader's failure, not the submission's."""
+        """True when the sandbox has not begun to fork this worker (it ended, or was still starting when the time ran
+        out): the grader's failure, not the submission's."""
         self.poll()
-        return self.sandbox.forked_pid is None and not self.sandbox.alive
+        return not self.sandbox.forking
 
     def _read(self, timeout: float) -> None:
         try:

@@ -346,9 +346,51 @@ def _no_processes_but_mine(me: int) -> bool:
     return all(not p.isdigit() or int(p) in (1, me) for p in os.listdir("/proc"))
 
 
-def _reset(home: str) -> str:
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}  # syscall numbers (no wrapper in the standard library)
+
+
+def _own_settings() -> dict:
+    """What a process of the same user may change in another one (and a forked worker would inherit): its resource
+    limits, nice value, scheduling policy and priority, CPU affinity and I/O priority."""
+    import platform
+    import resource
+
+    out: dict = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")}
+    out["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+    out["scheduler"] = os.sched_getscheduler(0)
+    out["sched_priority"] = os.sched_getparam(0).sched_priority
+    out["affinity"] = sorted(os.sched_getaffinity(0))
+    number = _IOPRIO_GET.get(platform.machine())
+    if number is not None:
+        import ctypes
+
+        out["ioprio"] = ctypes.CDLL(None, use_errno=True).syscall(number, 1, 0)  # IOPRIO_WHO_PROCESS, this process
+    return out
+
+
+def _network_sockets() -> int:
+    """Sockets left in the sandbox's network namespace (TCP connections linger in TIME_WAIT after their process)."""
+    count = 0
+    for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                count += max(0, len(f.read().splitlines()) - 1)
+        except OSError:
+            pass
+    return count
+
+
+def _keyctl(op: int, *args: int) -> int:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).syscall(250 if os.uname().machine == "x86_64" else 219, op, *args)  # keyctl
+
+
+def _reset(home: str, settings: dict) -> str:
     """Put the sandbox back as the zygote found it: no process but itself, empty home, /tmp and /dev/shm with their
-    modes, no System V IPC object. Returns why it could not ("": done); the sandbox is then retired."""
+    modes, no System V IPC object, no socket, and the zygote's own limits, priorities and affinity as they were
+    (another process of the same user may change them: a worker would inherit them).
+    Returns why it could not ("": done); the sandbox is then retired."""
     import signal
     import subprocess
 
@@ -358,11 +400,21 @@ def _reset(home: str) -> str:
             os.kill(-1, signal.SIGKILL)
         except OSError:
             pass
+        while True:  # a process made with clone(CLONE_PARENT) is ours to reap
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
         if _no_processes_but_mine(me):
             break
         time.sleep(0.005)
     else:
         return "processes the worker started could not be stopped"
+    if _own_settings() != settings:
+        return "the zygote's limits or priorities were changed"
+    if _network_sockets():
+        return "sockets of the last worker are still open"
     for folder in (home,) + WRITABLE:
         try:
             if os.stat(folder).st_mode & 0o7777 != 0o1777:
@@ -398,6 +450,7 @@ def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
     try:
         control.close()
         os.setsid()
+        _keyctl(1, 0)  # KEYCTL_JOIN_SESSION_KEYRING: a new session keyring, not the zygote's
         _prctl(PR_SET_DUMPABLE, 1)  # a process like any other (the zygote is not)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -423,19 +476,26 @@ def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
             os._exit(code)
 
 
-def zygote(fd: int) -> None:
+def zygote(fd: int, host_ns: int) -> None:
     """The warm sandbox's first process: imports, then one forked worker per ``fork`` request, each followed by ``_reset``.
 
     Messages on ``fd`` (length-prefixed JSON): in ``{"imports": [...]}`` first (import statements of the
     assignment's released set-up cells); out ``{"ready": n}``; in ``{"op": "fork", "imports": [...]}`` with the
-    student's socket and the log's descriptor (the imports not done yet are done before the fork); out ``{"pid": p}``, ``{"exit": code}``, then ``{"ready": n}`` or ``{"retired": why}``
-    (and it exits). ``{"op": "ping", "n": k}`` between workers is answered ``{"pong": k}``.
+    student's socket and the log's descriptor (the imports not done yet are done before the fork); out
+    ``{"forking": n}``, ``{"pid": p}``, ``{"exit": code}``, then ``{"ready": n}`` or ``{"retired": why}`` (and it
+    exits). ``{"op": "ping", "n": k}`` between workers is answered ``{"pong": k}``. ``host_ns``: the PID namespace
+    of the grader (the inode of /proc/self/ns/pid), which the zygote must not be in.
     """
     import gc
     import resource
 
     control = socket.socket(fileno=fd)
-    if (os.getpid(), os.getppid()) != (2, 1):  # the first process of its own PID namespace, or it must not run: _reset kills
+    try:
+        own_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        own_ns = host_ns
+    # _reset kills every process it may: only as the first process of a PID namespace other than the grader's, never root
+    if (os.getpid(), os.getppid()) != (2, 1) or own_ns == host_ns or os.getuid() == 0:
         _send_msg(control, {"retired": "the warm sandbox runs only as the first process of a bubblewrap sandbox"})
         return
     msg, _ = _recv_msg(control)
@@ -467,6 +527,7 @@ def zygote(fd: int) -> None:
     _prctl(PR_SET_DUMPABLE, 0)  # a worker cannot read or trace the zygote
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))  # no POSIX message queue outlives a worker
     home = os.environ["HOME"]
+    settings = _own_settings()
     served = 0
     _send_msg(control, {"ready": served})
     while True:
@@ -485,6 +546,7 @@ def zygote(fd: int) -> None:
             _send_msg(control, {"retired": "a request the zygote does not know"})
             return
         run_imports(msg.get("imports", []))
+        _send_msg(control, {"forking": served})  # from here on, what happens to the worker is the submission's doing
         pid = os.fork()
         if pid == 0:
             _warm_child(control, *fds)
@@ -493,7 +555,7 @@ def zygote(fd: int) -> None:
         _send_msg(control, {"pid": pid})
         _, status = os.waitpid(pid, 0)
         _send_msg(control, {"exit": os.waitstatus_to_exitcode(status)})
-        why = _reset(home)
+        why = _reset(home, settings)
         if why:
             _send_msg(control, {"retired": why})
             return
@@ -503,7 +565,7 @@ def zygote(fd: int) -> None:
 
 def main() -> None:
     if sys.argv[1] == "--zygote":
-        return zygote(int(sys.argv[2]))
+        return zygote(int(sys.argv[2]), int(sys.argv[3]))
     fd = int(sys.argv[1])
     if len(sys.argv) > 2:
         _copy_submission(sys.argv[2])

@@ -211,7 +211,8 @@ def test_the_warm_sandbox_zygote_refuses_to_run_outside_its_own_sandbox(tmp_path
     ours, theirs = socket.socketpair()
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "grader" / "worker.py"), "--zygote", str(theirs.fileno())],
+        host_ns = str(os.stat("/proc/self/ns/pid").st_ino)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "grader" / "worker.py"), "--zygote", str(theirs.fileno()), host_ns],
                                 pass_fds=(theirs.fileno(),))
         theirs.close()
         _send_msg(ours, {"imports": []})

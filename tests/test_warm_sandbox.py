@@ -94,7 +94,8 @@ def test_a_worker_that_kills_or_stops_its_zygote_costs_no_one_else_a_grade(tmp_p
 
 def test_a_sandbox_that_fails_before_its_worker_starts_is_the_graders_failure(tmp_path):
     """A zygote that cannot import torch (here: too little memory) ends before it forks: the judge learns that the
-    worker never started (``never_started``), which it reports as the grader's error, not the student's crash."""
+    worker never started (``never_started``), which it reports as the grader's error, not the student's crash.
+    A worker that was forked has started, whatever happens to it after."""
     import time
 
     from grader.config import Config
@@ -104,9 +105,9 @@ def test_a_sandbox_that_fails_before_its_worker_starts_is_the_graders_failure(tm
     try:
         worker, sock = sb.start_worker(tmp_path / "worker.log")
         end = time.monotonic() + 60
-        while not worker.never_started() and time.monotonic() < end:
+        while worker.poll() is None and time.monotonic() < end:
             time.sleep(0.1)
-        assert worker.never_started() and worker.poll() is not None
+        assert worker.poll() is not None and worker.never_started()
         assert sock.recv(1) == b"", "the student's socket ends with the sandbox"
         sock.close()
     finally:
@@ -119,3 +120,41 @@ def test_a_sandbox_that_fails_before_its_worker_starts_is_the_graders_failure(tm
         assert worker.wait(timeout=60) == 0 and not worker.never_started()
     finally:
         ok.close()
+
+
+# What a worker may change in its zygote (a process of the same user), and sockets that outlive it.
+CHANGE_THE_ZYGOTE = r"""
+import os, resource
+resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (40, 40))
+os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)
+os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))})
+"""
+LEAVE_SOCKETS = r"""
+import socket
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+client = socket.create_connection(server.getsockname())
+conn, _ = server.accept()
+client.close(); conn.close(); server.close()  # connections that linger in TIME_WAIT
+"""
+UNCHANGED = r"""
+import os, resource
+expected_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 40
+clean = clean and expected_nofile and os.getpriority(os.PRIO_PROCESS, 0) == 0 and len(os.sched_getaffinity(0)) == os.cpu_count()
+clean = clean and sum(len(open(f"/proc/net/{k}").read().splitlines()) - 1 for k in ("tcp", "tcp6")) == 0
+"""
+
+
+def test_what_a_worker_changes_in_its_zygote_never_reaches_the_next_worker(tmp_path):
+    """Limits, priority and affinity of the zygote changed by the worker before, or its connections left lingering:
+    the sandbox is retired, and the next student starts in a new one, with the defaults and no socket."""
+    cfg = make_course(tmp_path, wall_time_s=120, jobs=1)
+    looks = variant(lambda nb: (extra("setup", LOOK + UNCHANGED)(nb), replace("double", ANSWER_IF_CLEAN)(nb)))
+    submit(cfg, "a_changes_the_zygote", variant(extra("setup", CHANGE_THE_ZYGOTE)), "toy.ipynb")
+    submit(cfg, "b_looks", looks, "toy.ipynb")
+    submit(cfg, "c_leaves_sockets", variant(extra("setup", LEAVE_SOCKETS)), "toy.ipynb")
+    submit(cfg, "d_looks", looks, "toy.ipynb")
+    results = {r.student: r for r in autograde(cfg, [A], progress=False, record=False)}
+    for student, r in results.items():
+        assert (r.status.value, r.score, r.cell_errors) == ("graded", 3.0, []), (student, r.dumps()[:3000])
