@@ -444,6 +444,16 @@ def _reset(home: str, settings: dict) -> str:
     return ""
 
 
+def redirect_output(fd: int) -> None:
+    """Standard input from /dev/null, standard output and error to ``fd`` (then closed): a forked child's first step."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(null)
+    os.close(fd)
+
+
 def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
     """In a worker forked by the zygote: its own session, output to its log, its home, then the worker's loop."""
     code = 1
@@ -452,12 +462,7 @@ def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
         os.setsid()
         _keyctl(1, 0)  # KEYCTL_JOIN_SESSION_KEYRING: a new session keyring, not the zygote's
         _prctl(PR_SET_DUMPABLE, 1)  # a process like any other (the zygote is not)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(null)
-        os.close(log_fd)
+        redirect_output(log_fd)
         os.chdir(os.environ["HOME"])
         sys.path[0] = os.getcwd()  # as in Jupyter: the notebook's folder first, so the student's own modules import
         sys.argv = ["notebook"]

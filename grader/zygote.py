@@ -399,13 +399,9 @@ def _child(sock: socket.socket, msg: dict, sandboxes: Sandboxes | None = None, l
         judge_limits(int(msg["memory"]))()  # the same limits as a fresh judge's; it dies with the zygote
         if os.getppid() == 1:
             os._exit(1)
-        fd = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(null)
+        from .worker import redirect_output
+
+        redirect_output(os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         os.environ.clear()
         os.environ.update(msg["env"])
         random.seed()
