@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -267,6 +268,23 @@ def judge_env() -> dict:
                 PLOTLY_RENDERER="json", TQDM_DISABLE="1")
 
 
+_WORKER_IMPORTS: dict[tuple, list[str]] = {}
+_WORKER_IMPORTS_LOCK = threading.Lock()
+
+
+def worker_imports(cfg: Config, assignment: str) -> list[str]:
+    """The import statements of the assignment's released set-up cells (``zygote.judge_imports``), read once. Under a
+    lock: the batch's threads call this, and Python 3.11's ``ast.parse`` is not safe to run in two threads at once."""
+    from . import zygote
+
+    with _WORKER_IMPORTS_LOCK:
+        source = source_for(cfg, assignment)
+        key = (source.path, source.path.stat().st_mtime_ns) if getattr(source, "path", None) else (cfg.solutions / assignment, 0)
+        if key not in _WORKER_IMPORTS:
+            _WORKER_IMPORTS[key] = zygote.judge_imports([source], kinds=("setup",))
+        return list(_WORKER_IMPORTS[key])
+
+
 def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path, assignment: str | None = None) -> int:
     """Run the judge ``python -m grader.autograde ...`` to its end: forked from the warm judge
     (``grader/zygote.py``) where there is one, with a warm sandbox for its worker, else a fresh process.
@@ -275,8 +293,7 @@ def _run_judge(cfg: Config, cmd: list[str], env: dict, err_path: Path, assignmen
 
     timeout = cfg.wall_time_s + JUDGE_GRACE_S
     if zygote.enabled():
-        sandbox = None if assignment is None else {
-            "cfg": config_to_json(cfg), "imports": zygote.judge_imports([source_for(cfg, assignment)], kinds=("setup",))}
+        sandbox = None if assignment is None else {"cfg": config_to_json(cfg), "imports": worker_imports(cfg, assignment)}
         try:
             return zygote.zygote_for(env).run(cmd[3:], env, int(cfg.judge_memory_gb * (1 << 30)), err_path, timeout, sandbox=sandbox)
         except zygote.ZygoteGone:

@@ -386,9 +386,31 @@ def _keyctl(op: int, *args: int) -> int:
     return ctypes.CDLL(None, use_errno=True).syscall(250 if os.uname().machine == "x86_64" else 219, op, *args)  # keyctl
 
 
-def _reset(home: str, settings: dict) -> str:
-    """Put the sandbox back as the zygote found it: no process but itself, empty home, /tmp and /dev/shm with their
-    modes, no System V IPC object, no socket, and the zygote's own limits, priorities and affinity as they were
+def _skeleton(home: str) -> dict[str, tuple[int, int, bool]]:
+    """Every path in the writable folders (home, /tmp, /dev/shm): its mode, its owner, and whether it is a folder of
+    that writable file system (not a mount point in it). As the zygote starts: the folders themselves and those
+    bubblewrap made for what it mounted in them (a checkout under /tmp puts the package's parents there); what a
+    worker adds, ``_reset`` removes."""
+    out: dict[str, tuple[int, int, bool]] = {}
+    for top in (home,) + WRITABLE:
+        device = os.lstat(top).st_dev
+        todo = [top]
+        while todo:
+            path = todo.pop()
+            st = os.lstat(path)
+            ours = os.path.isdir(path) and not os.path.islink(path) and st.st_dev == device
+            out[path] = (st.st_mode, st.st_uid, ours)
+            if ours:
+                try:
+                    todo += [os.path.join(path, e) for e in os.listdir(path)]
+                except OSError:
+                    pass
+    return out
+
+
+def _reset(home: str, settings: dict, skeleton: dict) -> str:
+    """Put the sandbox back as the zygote found it: no process but itself, home, /tmp and /dev/shm as they were
+    (``skeleton``: empty, but for the folders bubblewrap made there), no System V IPC object, no socket, and the zygote's own limits, priorities and affinity as they were
     (another process of the same user may change them: a worker would inherit them).
     Returns why it could not ("": done); the sandbox is then retired."""
     import signal
@@ -415,18 +437,21 @@ def _reset(home: str, settings: dict) -> str:
         return "the zygote's limits or priorities were changed"
     if _network_sockets():
         return "sockets of the last worker are still open"
-    for folder in (home,) + WRITABLE:
+    for folder, (mode, _, ours) in skeleton.items():  # the writable folders, and the folders bubblewrap made in them
+        if not ours:
+            continue
         try:
-            if os.stat(folder).st_mode & 0o7777 != 0o1777:
-                os.chmod(folder, 0o1777)
-            entries = [os.path.join(folder, e) for e in os.listdir(folder)]
-            if entries:  # GNU tools: any depth, any modes the worker left
-                subprocess.run(["chmod", "-R", "u+rwx", "--"] + entries, stdin=subprocess.DEVNULL, capture_output=True)
-                subprocess.run(["rm", "-rf", "--"] + entries, stdin=subprocess.DEVNULL, capture_output=True)
-            if os.listdir(folder) or os.stat(folder).st_mode & 0o7777 != 0o1777:
-                return f"{folder} could not be emptied"
+            if os.lstat(folder).st_mode != mode:
+                os.chmod(folder, mode & 0o7777)
+            children = {os.path.join(folder, e) for e in os.listdir(folder)}
+            extra = sorted(children - set(skeleton))
+            if extra:  # GNU tools: any depth, any modes the worker left
+                subprocess.run(["chmod", "-R", "u+rwx", "--"] + extra, stdin=subprocess.DEVNULL, capture_output=True)
+                subprocess.run(["rm", "-rf", "--"] + extra, stdin=subprocess.DEVNULL, capture_output=True)
         except OSError as e:
             return f"{folder}: {e}"
+    if _skeleton(home) != skeleton:
+        return "the home, /tmp or /dev/shm could not be emptied"
     ipc = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 
     def ipc_objects() -> int:
@@ -533,6 +558,7 @@ def zygote(fd: int, host_ns: int) -> None:
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))  # no POSIX message queue outlives a worker
     home = os.environ["HOME"]
     settings = _own_settings()
+    skeleton = _skeleton(home)
     served = 0
     _send_msg(control, {"ready": served})
     while True:
@@ -560,7 +586,7 @@ def zygote(fd: int, host_ns: int) -> None:
         _send_msg(control, {"pid": pid})
         _, status = os.waitpid(pid, 0)
         _send_msg(control, {"exit": os.waitstatus_to_exitcode(status)})
-        why = _reset(home, settings)
+        why = _reset(home, settings, skeleton)
         if why:
             _send_msg(control, {"retired": why})
             return

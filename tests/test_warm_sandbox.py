@@ -46,7 +46,9 @@ LOOK = r"""
 import os
 mine = {"toy.ipynb", ".ipython"}  # the submission, and what this worker's IPython made
 me, zygote = os.getpid(), os.getppid()
-leftovers = [p for p in ("/tmp", "/dev/shm") if os.listdir(p)] + [f for f in os.listdir(os.path.expanduser("~")) if f not in mine]
+# /tmp may hold the folders bubblewrap made for a checkout under /tmp: what the one before left, by name
+leftovers = [os.path.join(d, f) for d in ("/tmp", "/dev/shm") for f in ("left.txt", "late.txt", "locked") if os.path.lexists(os.path.join(d, f))]
+leftovers += [p for p in ("/dev/shm",) if os.listdir(p)] + [f for f in os.listdir(os.path.expanduser("~")) if f not in mine]
 leftovers += [f for _, _, files in os.walk(os.path.expanduser("~/.ipython")) for f in files if f == "left.txt"]
 others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me, zygote)]
 ipc = sum(len(open(f"/proc/sysvipc/{k}").read().splitlines()) - 1 for k in ("shm", "sem", "msg"))
