@@ -248,7 +248,6 @@ class WarmSandbox:
         self.control = ours
         self.retired = ""
         self._buf = b""
-        self.forked_pid: int | None = None  # the last worker's, once the zygote has said it forked it
         self.forking = False  # the zygote has said it is forking the worker asked for last
         self._pinged: int | None = None
         self._ping_sent = 0.0
@@ -296,8 +295,6 @@ class WarmSandbox:
                 msg, self._buf = json.loads(self._buf[8 : 8 + n]), self._buf[8 + n :]
                 if "retired" in msg:
                     self.retire(str(msg["retired"]))
-                if "pid" in msg:
-                    self.forked_pid = msg["pid"]
                 if "forking" in msg:
                     self.forking = True
                 out.append(msg)
@@ -322,14 +319,13 @@ class WarmSandbox:
         """A fresh worker forked in this sandbox, after the zygote has run any of ``imports`` it had not; its first
         request must be ``files`` (the submission). Returns at once: a sandbox still starting forks the worker once
         its imports are done, while the judge goes on with its own work (as a fresh worker boots beside it)."""
-        import json
+        from .worker import _send_msg
 
-        self.forked_pid, self.forking = None, False
+        self.forking = False
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            data = json.dumps({"op": "fork", "imports": self.imports}).encode()
-            socket.send_fds(self.control, [struct.pack("!Q", len(data)) + data], [theirs.fileno(), log_fd])
+            _send_msg(self.control, {"op": "fork", "imports": self.imports}, [theirs.fileno(), log_fd])
         except OSError as e:
             ours.close()
             raise SandboxGone(f"the warm sandbox cannot be reached ({e})") from e
@@ -369,7 +365,7 @@ class WarmSandbox:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             elif os.getpid() == self._owner and self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
+        except OSError:
             pass
 
     def close(self) -> None:
@@ -378,15 +374,13 @@ class WarmSandbox:
             self.proc.wait(timeout=10)
         except (subprocess.TimeoutExpired, ChildProcessError):
             pass
-        self.control.close()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self.forget()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.log.unlink(missing_ok=True)
 
     def forget(self) -> None:
-        """In a forked judge: drop this process's copy of a sandbox lent to another judge (closes nothing of theirs)."""
+        """Close this process's ends (its socket, its pidfd); in a forked judge, of a sandbox lent to another judge, whose
+        sandbox it leaves running."""
         self.control.close()
         if self._pidfd is not None:
             os.close(self._pidfd)

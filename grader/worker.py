@@ -312,11 +312,16 @@ def _prctl(option: int, arg: int) -> int:
     return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
 
 
-def _send_msg(sock: socket.socket, msg: dict) -> None:
+def _send_msg(sock: socket.socket, msg: dict, fds=()) -> None:
+    """A length-prefixed JSON message; ``fds``: file descriptors sent with it."""
     import json
 
     data = json.dumps(msg).encode()
-    sock.sendall(struct.pack("!Q", len(data)) + data)
+    packet = struct.pack("!Q", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [packet], list(fds))
+    else:
+        sock.sendall(packet)
 
 
 def _recv_msg(sock: socket.socket, maxfds: int = 0) -> tuple[dict, list[int]]:
@@ -346,7 +351,9 @@ def _no_processes_but_mine(me: int) -> bool:
     return all(not p.isdigit() or int(p) in (1, me) for p in os.listdir("/proc"))
 
 
-_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}  # syscall numbers (no wrapper in the standard library)
+# syscall numbers (no wrapper in the standard library), by machine
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
+_KEYCTL = {"x86_64": 250, "aarch64": 219}
 
 
 def _own_settings() -> dict:
@@ -381,9 +388,12 @@ def _network_sockets() -> int:
 
 
 def _keyctl(op: int, *args: int) -> int:
+    """The keyctl system call, where its number is known (-1 elsewhere)."""
     import ctypes
+    import platform
 
-    return ctypes.CDLL(None, use_errno=True).syscall(250 if os.uname().machine == "x86_64" else 219, op, *args)  # keyctl
+    number = _KEYCTL.get(platform.machine())
+    return -1 if number is None else ctypes.CDLL(None, use_errno=True).syscall(number, op, *args)
 
 
 def _skeleton(home: str) -> dict[str, tuple[int, int, bool]]:
