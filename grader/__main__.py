@@ -184,7 +184,6 @@ def main(argv=None) -> int:
     fg.add_argument("--course", help="nbgrader course folder: gradebook and autograded notebooks (default: grader/course)")
     fg.add_argument("--port", type=int, help="port to serve on (default: Jupyter's, 8888 or the next free one)")
     a = p.parse_args(argv)
-    os.environ["PATH"] = config_mod.venv_env()["PATH"]  # nbgrader's gradebook runs alembic from the environment's bin/
     if a.cmd == "release":
         return release(a.assignments)
     if a.cmd == "validate":

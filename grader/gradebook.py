@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 
 from . import course as course_mod
-from .config import Config, venv_env
+from .config import Config
 from .course import Course
 from .intake import Source, find_notebook, lined_up_notebook, plan
 from .results import SubmissionResult
@@ -31,11 +31,9 @@ _retry = course_mod._retry
 
 @contextlib.contextmanager
 def gradebook(course: Path):
-    import os
-
     from nbgrader.api import Gradebook
 
-    os.environ["PATH"] = venv_env()["PATH"]  # nbgrader runs alembic from the environment's bin/
+    course_mod.gradebook_in_process()
     course.mkdir(parents=True, exist_ok=True)
     gb = _retry(lambda: Gradebook(db_url(course)))
     try:

@@ -23,6 +23,7 @@ What is enforced on Linux (see the README's grader section):
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import select
@@ -251,6 +252,9 @@ class WarmSandbox:
         self.forking = False  # the zygote has said it is forking the worker asked for last
         self._pinged: int | None = None
         self._ping_sent = 0.0
+        # set by the judge it is lent to (a forked process: shared memory) once it asks for a worker; a sandbox whose
+        # judge never did (the submission was missing or not a notebook) goes back as it came, ready or still starting
+        self._asked = mmap.mmap(-1, 1)
         _send_msg(ours, {"imports": list(imports)})
 
     @property
@@ -322,6 +326,7 @@ class WarmSandbox:
         from .worker import _send_msg
 
         self.forking = False
+        self._asked[0] = 1
         ours, theirs = socket.socketpair()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -335,6 +340,16 @@ class WarmSandbox:
         return WarmWorker(self), ours
 
     # ---- for the warm judge that lends it
+    @property
+    def asked(self) -> bool:
+        """Whether a judge it was lent to has asked it for a worker since :meth:`lent` (a sandbox never asked is as it came)."""
+        return bool(self._asked[0])
+
+    def lent(self, imports: list[str]) -> None:
+        """Lent to a judge whose workers' notebooks import ``imports``."""
+        self.imports = list(imports)
+        self._asked[0] = 0
+
     def ping(self) -> None:
         """After a judge is done with it: ask whether it is ready again (``returned`` reads the answer)."""
         from .worker import _send_msg

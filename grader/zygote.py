@@ -336,7 +336,7 @@ class Sandboxes:
                 if sb.key == key:
                     self.idle.remove(sb)
                     if sb.alive:
-                        sb.imports = imports
+                        sb.lent(imports)
                         return sb
                     sb.close()
             return WarmSandbox(cfg, imports)
@@ -345,11 +345,21 @@ class Sandboxes:
             return None
 
     def ended(self, pid: int) -> None:
-        """The judge ``pid`` ended: ask its sandbox whether it is ready again."""
+        """The judge ``pid`` ended: its sandbox goes back to the idle ones at once if the judge never asked it for a
+        worker, else once it says it is ready again."""
         sb = self.lent.pop(pid, None)
-        if sb is not None:
+        if sb is None:
+            return
+        if not sb.asked and sb.alive:  # its judge ended before it asked for a worker: nothing ran in it
+            self._keep(sb)
+        else:
             sb.ping()
             self.returning.append(sb)
+
+    def _keep(self, sb) -> None:
+        self.idle.append(sb)
+        while len(self.idle) > self.MAX_IDLE:
+            self.idle.pop(0).close()
 
     def check(self, readable=()) -> None:
         """Sandboxes that answered (``readable``) or waited too long go back to the idle ones or are retired."""
@@ -365,9 +375,7 @@ class Sandboxes:
                 continue
             self.returning.remove(sb)
             if back:
-                self.idle.append(sb)
-                while len(self.idle) > self.MAX_IDLE:
-                    self.idle.pop(0).close()
+                self._keep(sb)
             else:
                 sb.close()
 

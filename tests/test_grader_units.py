@@ -327,3 +327,25 @@ def test_jobs_default_to_one_more_than_the_cores_as_memory_allows():
     assert default_jobs("gpt2-small", cores=16, memory_gb=24) == 4  # 6 GB per job on GPT-2 small
     assert default_jobs("embedded", cores=1, memory_gb=1) == 1  # always at least one
     assert Config(jobs=5).n_jobs == 5 and Config(jobs=0).n_jobs == default_jobs("embedded")
+
+
+def test_a_new_gradebook_takes_the_head_revision_without_running_alembic(tmp_path, monkeypatch):
+    """nbgrader stamps a new gradebook with the head of its migrations; the grader reads it in its own process."""
+    import re
+    import sqlite3
+
+    import nbgrader
+    from nbgrader.api import Gradebook
+
+    from grader.course import alembic_head, gradebook_in_process
+
+    versions = Path(nbgrader.__file__).parent / "alembic" / "versions"
+    found = {re.search(r"^revision = '(\w+)'", f.read_text(), re.M).group(1): re.search(r"^down_revision = '?(\w+)'?", f.read_text(), re.M).group(1)
+             for f in versions.glob("*.py")}
+    (head,) = set(found) - set(found.values())  # the revision no other revision comes from
+    assert alembic_head() == head
+    monkeypatch.setenv("PATH", str(tmp_path))  # no alembic command to find: nbgrader's own way would fail
+    gradebook_in_process()
+    Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}").close()
+    with sqlite3.connect(tmp_path / "gradebook.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]

@@ -160,3 +160,33 @@ def test_what_a_worker_changes_in_its_zygote_never_reaches_the_next_worker(tmp_p
     results = {r.student: r for r in autograde(cfg, [A], progress=False, record=False)}
     for student, r in results.items():
         assert (r.status.value, r.score, r.cell_errors) == ("graded", 3.0, []), (student, r.dumps()[:3000])
+
+
+def test_a_sandbox_whose_judge_never_asked_for_a_worker_is_lent_again_at_once(tmp_path):
+    """A judge that ends before asking its sandbox for a worker (a missing or broken notebook) leaves it as it came:
+    it is idle again at once, even while still starting, and the next judge gets it. One that was asked (in the judge's
+    own forked process) is pinged first, and comes back only once it says it is ready."""
+    import os
+
+    from grader.config import config_to_json
+    from grader.zygote import Sandboxes
+
+    want = {"cfg": config_to_json(make_course(tmp_path, jobs=1)), "imports": []}
+    pool = Sandboxes()
+    try:
+        sb = pool.lend(want)
+        pool.lent[1] = sb
+        pool.ended(1)  # this judge never asked
+        assert pool.idle == [sb] and pool.returning == [], "idle again at once"
+        assert pool.lend(want) is sb, "and lent to the next judge"
+        pool.lent[2] = sb
+        pid = os.fork()
+        if pid == 0:  # the judge, forked: it asks for a worker
+            sb.start_worker(tmp_path / "worker.log")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        pool.ended(2)
+        assert pool.idle == [] and pool.returning == [sb], "asked: pinged, back once ready"
+        assert sb.asked
+    finally:
+        pool.close()
