@@ -262,9 +262,16 @@ def judge_limits(mem: int):
     return apply
 
 
+# nbgrader sets these in this process while its own autograde or validate step runs, which is on another thread
+# while a batch records what it has graded: a judge's environment must not depend on when it starts
+NBGRADER_STEP_ENV = ("NBGRADER_EXECUTION", "NBGRADER_VALIDATING")
+
+
 def judge_env() -> dict:
-    """The judge's environment: this one, one thread, a fixed hash seed, offline unless told otherwise."""
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+    """The judge's environment: this one (without nbgrader's step markers), one thread, a fixed hash seed, offline
+    unless told otherwise."""
+    env = {k: v for k, v in os.environ.items() if k not in NBGRADER_STEP_ENV}
+    return dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                 PLOTLY_RENDERER="json", TQDM_DISABLE="1")
 
 

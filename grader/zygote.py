@@ -42,8 +42,9 @@ from pathlib import Path
 WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 WARM_SANDBOX_ENV = "IOI_GRADER_WARM_SANDBOX"  # off: every worker in a fresh sandbox (the warm judge stays on)
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
-# (pytest names the running test in PYTEST_CURRENT_TEST: tests that grade share their process's zygote)
-RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE", "PYTEST_CURRENT_TEST")
+# (the package reads its model and cache settings when its functions run; pytest names the running test in
+# PYTEST_CURRENT_TEST: tests that grade share their process's zygote)
+RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE", "IOI_ANOMALIES_MODEL", "IOI_ANOMALIES_CACHE", "PYTEST_CURRENT_TEST")
 # What every judge imports, whatever it grades: the grader, torch (it reads the worker's replies with
 # torch.load) and the package's grading protocol. What an assignment's judge runs (its locked cells and
 # tests: the model, the references) is imported per assignment (``judge_imports``, ``Zygote.preload``).

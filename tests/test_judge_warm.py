@@ -100,6 +100,17 @@ def test_without_a_zygote_the_judge_runs_as_a_fresh_process(tmp_path, monkeypatc
     assert ag._run_judge(Config(), cmd, ag.judge_env(), tmp_path / "log") == 4
 
 
+def test_the_judges_environment_does_not_depend_on_nbgraders_step_running_beside_it():
+    """A batch records (nbgrader's autograde, in this process) while its threads start judges: nbgrader's markers of
+    its own step are not the judges' (else they would change a judge's environment and warm judge by chance)."""
+    from nbgrader.utils import setenv
+
+    before = ag.judge_env()
+    with setenv(NBGRADER_EXECUTION="autograde", NBGRADER_VALIDATING="1"):
+        during = ag.judge_env()
+    assert during == before and zygote._key(during) == zygote._key(before)
+
+
 def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
     made = []
 
@@ -122,6 +133,7 @@ def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
     env = ag.judge_env()
     a = zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/one"))
     assert zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/two")) is a, "read when a judge runs: one zygote"
+    assert zygote.zygote_for(dict(env, IOI_ANOMALIES_MODEL="gpt2-small", IOI_ANOMALIES_CACHE="/c")) is a, "so are the package's"
     b = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"), ["import json"])  # read at import: another zygote
     assert b is not a and a.alive and b.imported == ["import json"] and a.imported == []
     c = zygote.zygote_for(dict(env, HF_HOME="/third"))
@@ -132,16 +144,13 @@ def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
 
 
 def test_the_warm_zygote_forks_from_one_thread_with_the_judges_modules_loaded(tmp_path):
-    """The real preload (the grader, torch, the protocol) and what the series' judges import (TransformerLens, the
-    package, the references), asked for before the first judge: that judge already has it all."""
+    """This process's warm judge for the series (the one grading uses): the real preload (the grader, torch, the
+    protocol) and what the series' judges import (TransformerLens, the package, the references), asked for before
+    its next judge: that judge already has it all."""
     env = ag.judge_env()
     cfg = Config()
-    z = zygote.Zygote(env)
-    try:
-        z.preload(zygote.judge_imports(ag.source_for(cfg, a) for a in ag.graded_assignments(cfg)))
-        rc, facts, out = probe(z, env, tmp_path, timeout=300.0)
-    finally:
-        z.close()
+    z = zygote.zygote_for(env, zygote.judge_imports(ag.source_for(cfg, a) for a in ag.graded_assignments(cfg)))
+    rc, facts, out = probe(z, env, tmp_path, timeout=300.0)
     assert rc == 0, out
     assert facts["threads"] == 1, "nothing but the main thread when a judge is forked"
     assert set(facts["preloaded"]) == set(zygote.PRELOAD)
