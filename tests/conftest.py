@@ -58,14 +58,15 @@ END_TO_END_FIXTURES = {"report", "handout", "browser", "solution_run"}
 # Fixtures built once per session or module that take long: under pytest-xdist (`make test`) every test
 # using one runs on the same worker, so each is built once (the name is the test's `xdist_group`).
 SHARED_FIXTURES = {"report": "report", "handout": "report", "graded": "graded", "card_rows": "card",
-                   "local_cluster": "local_cluster", "slow_kernel": "slow_kernel", "student_lab": "student_lab"}
+                   "local_cluster": "local_cluster", "slow_kernel": "slow_kernel", "student_lab": "student_lab",
+                   "series_judge": "series_judge"}
 
 # Work that takes longest first, so that the two workers end together (pytest-xdist hands out work
 # in collection order): groups and single tests by name, heaviest first; everything else follows.
 # The slow kernel mostly waits: it comes next to the graded class, whose two jobs at a time use the
 # core it leaves idle (the first worker takes it after solution:01 while the second grades the class).
-HEAVY_FIRST = ["solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "slow_kernel", "report", "solution:03",
-               "solution:02", "test_autograding_full_and_zero", "test_a_class_graded_on_a_cluster", "card"]
+HEAVY_FIRST = ["solution:01", "series_judge", "graded", "slow_kernel", "report", "solution:03",
+               "solution:02", "test_a_class_graded_on_a_cluster", "card"]
 
 
 def assignment_of(item) -> str | None:
@@ -301,6 +302,17 @@ def solution_run(tmp_path_factory):
         return runs[assignment]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def series_judge():
+    """This process's warm judge for the series' notebooks (``grader.autograde.warm_judge``), asked for once: the tests
+    that grade the real notebooks in the sandbox run on one worker, where its imports and its idle warm sandboxes serve
+    them all (the demo's class, full and zero marks) instead of being started again on the other."""
+    from grader.autograde import graded_assignments, warm_judge
+    from grader.config import Config
+
+    warm_judge(Config(), graded_assignments(Config()))
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,9 @@ def test_shared_fixtures_name_the_group_and_others_run_anywhere():
 
 
 def test_heavy_work_is_handed_out_first():
-    order = sorted([item("model"), item("graded"), item(name="test_demo_grades_the_example_class_as_expected"),
+    order = sorted([item("model"), item("graded"), item("series_judge", "tmp_path", name="test_demo_grades_the_example_class_as_expected"),
                     item("solution_run", file="nb01")], key=lambda i: _rank(i, xdist_group(i)))
-    assert [xdist_group(i) or i.name for i in order] == [
-        "solution:01", "test_demo_grades_the_example_class_as_expected", "graded", "test_x"]
+    assert [xdist_group(i) or i.name for i in order] == ["solution:01", "series_judge", "graded", "test_x"]
 
 
 def test_the_mutation_score_adds_up_reports_from_any_worker():

@@ -469,7 +469,7 @@ def test_a_hang_times_out_with_a_clear_status(tmp_path):
     assert r.tests["test_row_means"].state == "not graded"
 
 
-def test_demo_grades_the_example_class_as_expected(tmp_path):
+def test_demo_grades_the_example_class_as_expected(tmp_path, series_judge):
     """`make demo`'s tour on the real first notebook: full, partial, broken, hostile, tampered, missing."""
     from grader.examples import ASSIGNMENT, demo
 

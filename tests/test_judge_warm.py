@@ -143,7 +143,7 @@ def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
     assert again is not b and again.imported == ["import json", "import csv"]
 
 
-def test_the_warm_zygote_forks_from_one_thread_with_the_judges_modules_loaded(tmp_path):
+def test_the_warm_zygote_forks_from_one_thread_with_the_judges_modules_loaded(tmp_path, series_judge):
     """This process's warm judge for the series (the one grading uses): the real preload (the grader, torch, the
     protocol) and what the series' judges import (TransformerLens, the package, the references), asked for before
     its next judge: that judge already has it all."""

@@ -135,7 +135,7 @@ def test_a_wrong_submission_loses_exactly_the_points_of_its_wrong_answers(assign
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("shutil").which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
 @pytest.mark.parametrize("assignment", sorted(set(WRONG) - {"01_early_induction_heads"}))  # 01: test_grader's demo test
-def test_autograding_full_and_zero(assignment, tmp_path):
+def test_autograding_full_and_zero(assignment, tmp_path, series_judge):
     """The project's grader (sandboxed, tests judged outside the student's process) on the real notebooks:
     the solution earns full marks, the untouched student notebook 0 on every test."""
     from grader.autograde import autograde as grade_class
