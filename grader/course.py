@@ -63,6 +63,7 @@ def configure(c, *, root: Path | str, source: str = "source", release: str = "re
     c.ClearSolutions.code_stub = dict(CODE_STUB)
     c.ClearSolutions.enforce_metadata = True
     apply_execution_settings(c)  # shared with `make validate` and the Validate button
+    gradebook_in_process()  # in an nbgrader command too: no `alembic` to find on PATH for a new gradebook
     if sandboxed:
         c.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
         c.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)

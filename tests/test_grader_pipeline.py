@@ -227,6 +227,25 @@ def test_the_lined_up_notebook_restores_tests_and_keeps_extra_cells_in_place(sou
 # ---- one nbgrader configuration
 
 
+def test_a_plain_nbgrader_command_makes_a_new_gradebook_without_alembic_on_path(tmp_path):
+    """The environment's Python run by its path, the environment not activated: nbgrader's own way to stamp a new
+    gradebook runs `alembic` from PATH and fails; with the project's configuration it reads the revision itself."""
+    import os
+    import sqlite3
+
+    from grader.course import alembic_head, write_config
+
+    (tmp_path / "source" / "a1").mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), tmp_path / "source" / "a1" / "a1.ipynb")
+    write_config(tmp_path, sandboxed=False)
+    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "a1", "--log-level=WARN"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (tmp_path / "release" / "a1" / "a1.ipynb").exists(), r.stdout[-2000:] + r.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "gradebook.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(alembic_head(),)]
+
+
 def test_every_nbgrader_configuration_comes_from_one_function(tmp_path):
     from traitlets.config import Config as TConfig
 
