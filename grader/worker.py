@@ -359,7 +359,6 @@ _KEYCTL = {"x86_64": 250, "aarch64": 219}
 def _own_settings() -> dict:
     """What a process of the same user may change in another one (and a forked worker would inherit): its resource
     limits, nice value, scheduling policy and priority, CPU affinity and I/O priority."""
-    import platform
     import resource
 
     out: dict = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")}
@@ -367,11 +366,9 @@ def _own_settings() -> dict:
     out["scheduler"] = os.sched_getscheduler(0)
     out["sched_priority"] = os.sched_getparam(0).sched_priority
     out["affinity"] = sorted(os.sched_getaffinity(0))
-    number = _IOPRIO_GET.get(platform.machine())
-    if number is not None:
-        import ctypes
-
-        out["ioprio"] = ctypes.CDLL(None, use_errno=True).syscall(number, 1, 0)  # IOPRIO_WHO_PROCESS, this process
+    ioprio = _syscall(_IOPRIO_GET, 1, 0)  # IOPRIO_WHO_PROCESS, this process
+    if ioprio is not None:
+        out["ioprio"] = ioprio
     return out
 
 
@@ -387,13 +384,13 @@ def _network_sockets() -> int:
     return count
 
 
-def _keyctl(op: int, *args: int) -> int:
-    """The keyctl system call, where its number is known (-1 elsewhere)."""
+def _syscall(numbers: dict[str, int], *args: int) -> int | None:
+    """A system call the standard library has no wrapper for, by its number on this machine (None where it is not known)."""
     import ctypes
     import platform
 
-    number = _KEYCTL.get(platform.machine())
-    return -1 if number is None else ctypes.CDLL(None, use_errno=True).syscall(number, op, *args)
+    number = numbers.get(platform.machine())
+    return None if number is None else ctypes.CDLL(None, use_errno=True).syscall(number, *args)
 
 
 def _skeleton(home: str) -> dict[str, tuple[int, int, bool]]:
@@ -495,7 +492,7 @@ def _warm_child(control: socket.socket, student_fd: int, log_fd: int) -> None:
     try:
         control.close()
         os.setsid()
-        _keyctl(1, 0)  # KEYCTL_JOIN_SESSION_KEYRING: a new session keyring, not the zygote's
+        _syscall(_KEYCTL, 1, 0)  # KEYCTL_JOIN_SESSION_KEYRING: a new session keyring, not the zygote's
         _prctl(PR_SET_DUMPABLE, 1)  # a process like any other (the zygote is not)
         redirect_output(log_fd)
         os.chdir(os.environ["HOME"])

@@ -340,8 +340,8 @@ def test_a_new_gradebook_takes_the_head_revision_without_running_alembic(tmp_pat
     from grader.course import alembic_head, gradebook_in_process
 
     versions = Path(nbgrader.__file__).parent / "alembic" / "versions"
-    found = {re.search(r"^revision = '(\w+)'", f.read_text(), re.M).group(1): re.search(r"^down_revision = '?(\w+)'?", f.read_text(), re.M).group(1)
-             for f in versions.glob("*.py")}
+    scripts = [f.read_text() for f in versions.glob("*.py")]
+    found = {re.search(r"^revision = '(\w+)'", t, re.M).group(1): re.search(r"^down_revision = '?(\w+)'?", t, re.M).group(1) for t in scripts}
     (head,) = set(found) - set(found.values())  # the revision no other revision comes from
     assert alembic_head() == head
     monkeypatch.setenv("PATH", str(tmp_path))  # no alembic command to find: nbgrader's own way would fail
