@@ -80,7 +80,9 @@ def test_a_worker_that_kills_or_stops_its_zygote_costs_no_one_else_a_grade(tmp_p
     """Killing the zygote ends that student's own sandbox (their worker with it); stopping it makes the judge retire the
     sandbox. Either way the next student is graded in a new one, in full."""
     stop = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)"
-    kill = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"
+    # the worker waits after the kill: its sandbox ends with the zygote and takes it along (a worker that finished its
+    # few cells first would be graded, by a race with the sandbox's end)
+    kill = "import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(60)"
     cfg = make_course(tmp_path, wall_time_s=120, jobs=1)
     submit(cfg, "a_kills", variant(extra("setup", kill)), "toy.ipynb")
     submit(cfg, "b_looks", variant(lambda nb: (extra("setup", LOOK)(nb), replace("double", ANSWER_IF_CLEAN)(nb))), "toy.ipynb")
