@@ -43,8 +43,10 @@ WARM_ENV = "IOI_GRADER_WARM_JUDGE"
 WARM_SANDBOX_ENV = "IOI_GRADER_WARM_SANDBOX"  # off: every worker in a fresh sandbox (the warm judge stays on)
 # read when a judge runs, not when a module is imported: they may differ between submissions of one zygote
 # (the package reads its model and cache settings when its functions run; pytest names the running test in
-# PYTEST_CURRENT_TEST: tests that grade share their process's zygote)
-RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE", "IOI_ANOMALIES_MODEL", "IOI_ANOMALIES_CACHE", "PYTEST_CURRENT_TEST")
+# PYTEST_CURRENT_TEST: tests that grade share their process's zygote; torch sets TORCHINDUCTOR_CACHE_DIR in this
+# process's environment the first time it loads a model here, and reads it only when it compiles)
+RUNTIME_ENV = ("IOI_GRADER_REFERENCE_CACHE", "IOI_ANOMALIES_MODEL", "IOI_ANOMALIES_CACHE", "PYTEST_CURRENT_TEST",
+               "TORCHINDUCTOR_CACHE_DIR")
 # What every judge imports, whatever it grades: the grader, torch (it reads the worker's replies with
 # torch.load) and the package's grading protocol. What an assignment's judge runs (its locked cells and
 # tests: the model, the references) is imported per assignment (``judge_imports``, ``Zygote.preload``).

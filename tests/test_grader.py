@@ -363,10 +363,17 @@ def test_nbgraders_gradebook_holds_the_judges_scores_and_the_first_copy_of_a_dup
     assert results["duplicated"]["score"] == 3.0
 
 
-def test_feedback_shows_messages_and_points_but_never_hidden_tests(graded):
+@pytest.fixture(scope="module")
+def feedback_pages(graded):
+    """The graded class's feedback (nbgrader's generate_feedback, one page per graded notebook), written once for the
+    tests that read it."""
+    return write_feedback(graded[0], [A])
+
+
+def test_feedback_shows_messages_and_points_but_never_hidden_tests(graded, feedback_pages):
     """nbgrader's own feedback, one page per graded notebook, with the hidden tests kept out."""
     cfg, results, _ = graded
-    paths = write_feedback(cfg, [A])
+    paths = feedback_pages
     assert sorted(p.parent.parent.name for p in paths) == sorted(s for s, r in results.items() if r["notebook"])
     for p in paths:
         text = p.read_text()
@@ -548,9 +555,8 @@ def test_missing_submissions_start_no_worker(tmp_path, monkeypatch):
     assert r.tests["test_double"].state == "not graded"
 
 
-def test_feedback_is_world_readable_names_exercises_and_marks_hidden_tests(graded):
+def test_feedback_is_world_readable_names_exercises_and_marks_hidden_tests(graded, feedback_pages):
     cfg = graded[0]
-    write_feedback(cfg, [A])
     page = cfg.feedback / "wrong_hidden" / A / f"{A}.html"
     assert page.stat().st_mode & 0o777 == 0o644 and page.parent.stat().st_mode & 0o777 == 0o755
     text = page.read_text()

@@ -134,6 +134,9 @@ def test_one_zygote_per_environment_a_few_at_most(monkeypatch):
     a = zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/one"))
     assert zygote.zygote_for(dict(env, IOI_GRADER_REFERENCE_CACHE="/two")) is a, "read when a judge runs: one zygote"
     assert zygote.zygote_for(dict(env, IOI_ANOMALIES_MODEL="gpt2-small", IOI_ANOMALIES_CACHE="/c")) is a, "so are the package's"
+    without = {k: v for k, v in env.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    assert zygote.zygote_for(without) is zygote.zygote_for(dict(without, TORCHINDUCTOR_CACHE_DIR="/tmp/torchinductor_x")) is a, \
+        "and what torch sets in os.environ the first time this process loads a model"
     b = zygote.zygote_for(dict(env, HF_HOME="/elsewhere"), ["import json"])  # read at import: another zygote
     assert b is not a and a.alive and b.imported == ["import json"] and a.imported == []
     c = zygote.zygote_for(dict(env, HF_HOME="/third"))
