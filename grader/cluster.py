@@ -48,6 +48,25 @@ class ClusterError(RuntimeError):
     """The cluster cannot be used; the message says what to do."""
 
 
+def dask_environ() -> dict[str, str | None]:
+    """What Dask's nanny sets in this process's ``os.environ`` each time it starts a local worker, and never takes
+    back (its pre-spawn environment ``distributed.nanny.pre-spawn-environ``, ``PYTHONHASHSEED``,
+    ``__DASK_PARENT_PID``), as it is now (None: not set). :func:`restore_environ` puts it back when a local cluster
+    closes, so that judges started later in this process get the environment, and the warm judge, they would have had."""
+    import dask
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | {"PYTHONHASHSEED", "__DASK_PARENT_PID"}
+    return {k: os.environ.get(k) for k in sorted(keys)}
+
+
+def restore_environ(before: dict[str, str | None]) -> None:
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 # ---------------------------------------------------------------- the job
 
 
@@ -235,6 +254,7 @@ class ClusterPool:
         self.address, self.retries, self.allowed_failures = address, retries, allowed_failures
         self.check_environment, self.connect_timeout, self.min_in_flight = check_environment, connect_timeout, min_in_flight
         self.client = self.cluster = None
+        self._environ: dict | None = None  # before a local cluster started (dask_environ)
         self.environment = ""
         self._queue: deque = deque()  # (fn, cfg, student, assignment, our future) not yet sent
         self._running: dict = {}  # dask future -> (student, assignment, our future); kept so the scheduler keeps the job
@@ -250,6 +270,7 @@ class ClusterPool:
             raise ClusterError(INSTALL_HINT) from e
         try:
             if self.kind == "local":
+                self._environ = dask_environ()  # put back in close(): the nanny sets it again for each worker it restarts
                 with dask.config.set({"distributed.scheduler.allowed-failures": self.allowed_failures}):
                     # no dashboard; the scheduler's health page on a free port (8787 may be taken)
                     self.cluster = LocalCluster(n_workers=self.target, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -346,6 +367,9 @@ class ClusterPool:
                 obj.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+        before, self._environ = self._environ, None
+        if before is not None:
+            restore_environ(before)
 
     def __enter__(self):
         return self

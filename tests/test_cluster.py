@@ -131,11 +131,15 @@ def local_cluster():
     import dask
     from distributed import LocalCluster
 
+    from grader.cluster import dask_environ, restore_environ
+
+    before = dask_environ()  # what Dask's nanny sets in this process, put back for the tests after these
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0, silence_logs=50,
                          scheduler_kwargs={"dashboard_address": ":0"})  # its health page on a free port, not 8787
     yield c
     c.close()
+    restore_environ(before)
 
 
 def _count(path: Path) -> int:
@@ -206,6 +210,9 @@ def _kill_a_worker_mid_job(stop: threading.Event, killed: dict) -> None:
 @pytest.mark.slow  # end to end: a class graded in the sandbox, locally and on a cluster
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (`make setup` installs it)")
 def test_a_class_graded_on_a_cluster_losing_a_worker_matches_local_grading(tmp_path, monkeypatch):
+    from grader.zygote import _key
+
+    judges = _key(ag.judge_env())
     cfg = make_course(tmp_path, wall_time_s=300)
     submit(cfg, "ann", variant(), "toy.ipynb")
     submit(cfg, "bob", variant(replace("means", "def row_means(x):\n    return x.sum(dim=1)")), "toy.ipynb")
@@ -249,6 +256,7 @@ def test_a_class_graded_on_a_cluster_losing_a_worker_matches_local_grading(tmp_p
         assert gb.find_submission(A, "bob").score == 1.0
     again = ag.autograde(cfg, [A], progress=False, cluster="local:2")
     assert [r["graded_at"] for r in again] == [r["graded_at"] for r in results], "a re-run finds every grade current"
+    assert _key(ag.judge_env()) == judges, "the local cluster left this process's environment (and warm judge) as it found it"
 
 
 def test_the_command_line_takes_a_cluster_and_explains_a_bad_one(tmp_path):
