@@ -126,3 +126,12 @@ def test_the_leak_check_finds_a_solution_line(secret_lines):
 
     line = sorted(secret_lines)[0]
     assert leaked(f"<pre>{html.escape(line)}</pre>", secret_lines) == [line]
+
+
+def test_a_bad_number_of_jobs_is_refused_before_any_kernel_starts(capsys, monkeypatch):
+    import tools.report as report
+
+    monkeypatch.setattr(report, "build", lambda *a, **k: pytest.fail("nothing is built"))
+    with pytest.raises(SystemExit) as e:
+        report.main(["--jobs", "0"])
+    assert e.value.code == 2 and "--jobs must be 1 or more, not 0" in capsys.readouterr().err

@@ -75,23 +75,19 @@ def student_run(name: str) -> nbformat.NotebookNode:
     return released
 
 
-def execute(nb: nbformat.NotebookNode, folder: Path) -> tuple[nbformat.NotebookNode, float]:
+def execute(nb: nbformat.NotebookNode, folder: Path, threads: int | None = None) -> tuple[nbformat.NotebookNode, float]:
+    """Run ``nb`` in a fresh kernel in ``folder``; ``threads``: torch's threads in it, unless the environment sets them."""
     from nbclient import NotebookClient
 
     from ioi_anomalies.validate import EXECUTION
 
     nb.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE, id="report-prelude"))
-    env_before = dict(os.environ)
-    os.environ.setdefault("IOI_ANOMALIES_MODEL", "embedded")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["TQDM_DISABLE"] = "1"
+    # the kernel's own environment (this process's is left alone: notebooks may run in threads side by side)
+    limits = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    env = {"IOI_ANOMALIES_MODEL": "embedded", "HF_HUB_OFFLINE": "1", **limits, **os.environ, "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
-    try:
-        NotebookClient(nb, kernel_name=KERNEL, allow_errors=False, resources={"metadata": {"path": str(folder)}},
-                       **EXECUTION).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
+    NotebookClient(nb, kernel_name=KERNEL, allow_errors=False, resources={"metadata": {"path": str(folder)}},
+                   **EXECUTION).execute(env=env)
     nb.cells.pop(0)
     return nb, time.perf_counter() - t0
 
@@ -157,7 +153,11 @@ def render(nb, title: str, nav: str, cv_inline: str) -> str:
             f"<body><nav>{nav}</nav>{''.join(body)}</body></html>")
 
 
-def build(out: Path = OUT, assignments: list[str] | None = None) -> list[dict]:
+def build(out: Path = OUT, assignments: list[str] | None = None, jobs: int = 1) -> list[dict]:
+    """Execute each assignment in a fresh kernel (``jobs`` kernels at a time, sharing the cores) and write its page and
+    the index."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     names = assignments or sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -166,8 +166,12 @@ def build(out: Path = OUT, assignments: list[str] | None = None) -> list[dict]:
     cv_inline = _cv_inline()
     nav = "<a href='index.html'>Index</a>" + "".join(f"<a href='{n}.html'>{html.escape(n)}</a>" for n in names)
     pages = []
-    for name in tqdm(names, desc="executing notebooks", unit="notebook"):
-        nb, seconds = execute(student_run(name), ROOT / "notebooks" / name)
+    jobs = max(1, jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # kernels side by side share the cores
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = [pool.submit(lambda n: execute(student_run(n), ROOT / "notebooks" / n, threads), name) for name in names]
+        done = [(name, run.result()) for name, run in zip(names, tqdm(runs, desc="executing notebooks", unit="notebook"))]
+    for name, (nb, seconds) in done:
         (out / f"{name}.html").write_text(render(nb, name, nav, cv_inline), encoding="utf-8")
         outputs = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         figs = [d["application/vnd.plotly.v1+json"] for d in outputs if "application/vnd.plotly.v1+json" in d]
@@ -189,8 +193,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("assignments", nargs="*", help="which assignments (default: all)")
     p.add_argument("--out", type=Path, default=OUT, help="output folder (default: build/report)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at a time, each in its own kernel (default: 1; "
+                                                         "the run times in the index are then each notebook's alone)")
     a = p.parse_args(argv)
-    pages = build(a.out, a.assignments or None)
+    if a.jobs < 1:
+        p.error(f"--jobs must be 1 or more, not {a.jobs}")
+    pages = build(a.out, a.assignments or None, jobs=a.jobs)
     print(f"report: {a.out / 'index.html'} ({len(pages)} pages)")
     return 0
 
