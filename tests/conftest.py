@@ -319,8 +319,8 @@ def series_judge():
 def report(tmp_path_factory):
     """The expected-output pages (``tools.report``), built once per session: (folder, {name: page info}).
     Building them executes every solution notebook once in the project's kernel, as students run it:
-    the report's and the hand-out's tests share that run. Two kernels at a time (each one thread): a core the
-    other worker leaves idle (a slow kernel's waits, a hang's time limit) runs the second."""
+    the report's and the hand-out's tests share that run. Two kernels at a time (the default), each with one
+    thread here: a core the other worker leaves idle (a slow kernel's waits, a time limit) runs the second."""
     from tools.report import build
 
     out = tmp_path_factory.mktemp("report")
