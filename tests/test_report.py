@@ -135,3 +135,26 @@ def test_a_bad_number_of_jobs_is_refused_before_any_kernel_starts(capsys, monkey
     with pytest.raises(SystemExit) as e:
         report.main(["--jobs", "0"])
     assert e.value.code == 2 and "--jobs must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_a_notebook_that_fails_stops_the_build_before_the_next_ones_start(tmp_path, monkeypatch):
+    import threading
+
+    import tools.report as report
+
+    started, first_failed = [], threading.Event()
+
+    def execute(nb, folder, threads=None):
+        started.append(folder.name)
+        if folder.name == ASSIGNMENTS[0]:
+            first_failed.set()
+            raise RuntimeError("a cell raised")
+        first_failed.wait(10)  # the second kernel runs beside the first while it fails, and ends after it
+        time.sleep(0.5)
+        return nb, 0.0
+
+    monkeypatch.setattr(report, "execute", execute)
+    with pytest.raises(RuntimeError, match="a cell raised"):
+        report.build(tmp_path, list(ASSIGNMENTS), jobs=2)
+    assert sorted(started) == list(ASSIGNMENTS[:2]), "the notebooks after the running two never started"
+    assert not list(tmp_path.glob("*.html")), "no page and no index for a failed build"

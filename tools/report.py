@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,9 +169,20 @@ def build(out: Path = OUT, assignments: list[str] | None = None, jobs: int = 2) 
     pages = []
     jobs = max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # kernels side by side share the cores
-    with ThreadPoolExecutor(jobs) as pool:
-        runs = [pool.submit(lambda n: execute(student_run(n), ROOT / "notebooks" / n, threads), name) for name in names]
-        done = [(name, run.result()) for name, run in zip(names, tqdm(runs, desc="executing notebooks", unit="notebook"))]
+    failed = threading.Event()  # a notebook that fails stops the build: the ones not started yet never start
+
+    def run(name: str):
+        if failed.is_set():
+            return None
+        try:
+            return execute(student_run(name), ROOT / "notebooks" / name, threads)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(jobs) as pool:  # a skipped notebook comes after the one that failed, whose error is raised
+        runs = [pool.submit(run, name) for name in names]
+        done = [(name, r.result()) for name, r in zip(names, tqdm(runs, desc="executing notebooks", unit="notebook"))]
     for name, (nb, seconds) in done:
         (out / f"{name}.html").write_text(render(nb, name, nav, cv_inline), encoding="utf-8")
         outputs = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
