@@ -137,10 +137,13 @@ def test_exit_code_follows_tests_and_cell_errors(tmp_path):
     wrong = _small([("def add(a, b):\n    return a - b", {}), ("assert add(2, 3) == 5, 'add adds'", {"grade": True, "grade_id": "test_add", "points": 1})])
     broken = _small([("def add(a, b):\n    return a + b", {}), ("1 / 0", {}),
                      ("assert add(2, 3) == 5, 'add adds'", {"grade": True, "grade_id": "test_add", "points": 1})])
-    results = {}
-    for name, nb in {"right": right, "wrong": wrong, "broken": broken}.items():
+    from concurrent.futures import ThreadPoolExecutor
+
+    notebooks = {"right": right, "wrong": wrong, "broken": broken}
+    for name, nb in notebooks.items():
         nbformat.write(nb, tmp_path / f"{name}.ipynb")
-        results[name] = _run(tmp_path / f"{name}.ipynb")
+    with ThreadPoolExecutor(len(notebooks)) as pool:  # three commands side by side, each with its own kernel
+        results = dict(zip(notebooks, pool.map(_run, [tmp_path / f"{name}.ipynb" for name in notebooks])))
     assert results["right"].returncode == 0 and "passed  test_add" in results["right"].stdout, results["right"].stdout
     assert "All visible tests pass" in results["right"].stdout
     assert results["wrong"].returncode == 1 and "FAILED  test_add" in results["wrong"].stdout
