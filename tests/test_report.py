@@ -142,14 +142,16 @@ def test_a_notebook_that_fails_stops_the_build_before_the_next_ones_start(tmp_pa
 
     import tools.report as report
 
-    started, first_failed = [], threading.Event()
+    started, second_started, first_failed = [], threading.Event(), threading.Event()
 
     def execute(nb, folder, threads=None):
         started.append(folder.name)
         if folder.name == ASSIGNMENTS[0]:
+            second_started.wait(10)  # the second kernel runs beside the first while it fails, and ends after it
             first_failed.set()
             raise RuntimeError("a cell raised")
-        first_failed.wait(10)  # the second kernel runs beside the first while it fails, and ends after it
+        second_started.set()
+        first_failed.wait(10)
         time.sleep(0.5)
         return nb, 0.0
 
