@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import zygote
 from .autograde import autograde, graded_assignments
-from .config import ROOT, load
+from .config import ROOT, load, restore_environ
 from .judge import REFERENCE_CACHE_ENV
 
 ASSIGNMENT = "01_early_induction_heads"
@@ -216,11 +216,7 @@ def _env(**values: str):
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(old)
 
 
 def bench_gpt2_shape() -> list[dict]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from .config import Config
+from .config import Config, restore_environ
 from .results import SubmissionResult
 
 RETRIES = 2  # a job that raises on a worker (not the student's code: that is graded) is tried this many more times
@@ -57,14 +57,6 @@ def dask_environ() -> dict[str, str | None]:
 
     keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | {"PYTHONHASHSEED", "__DASK_PARENT_PID"}
     return {k: os.environ.get(k) for k in sorted(keys)}
-
-
-def restore_environ(before: dict[str, str | None]) -> None:
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 # ---------------------------------------------------------------- the job

@@ -84,7 +84,8 @@ def config_from_json(text: str) -> Config:
 
 
 def venv_env(base: dict | None = None) -> dict:
-    """``base`` (default: this environment) with this Python's bin/ first on PATH: nbgrader runs alembic from there."""
+    """``base`` (default: this environment) with this Python's bin/ first on PATH: what Jupyter and nbgrader start by
+    name (``jupyter-*`` commands) comes from this environment."""
     import sys
 
     env = dict(os.environ if base is None else base)
@@ -92,6 +93,15 @@ def venv_env(base: dict | None = None) -> dict:
     if bindir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     return env
+
+
+def restore_environ(before: dict[str, str | None]) -> None:
+    """Put the variables of ``before`` back into ``os.environ`` as they were (None: not set)."""
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def load(path: Path | None = None) -> Config:
